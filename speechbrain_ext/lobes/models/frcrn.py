@@ -1,0 +1,397 @@
+"""FRCRN: frequency-recurrent complex convolutional recurrent network for speech enhancement.
+
+FRCRN (Zhao et al., ICASSP 2022) estimates a complex ideal ratio mask (cIRM) for a 16 kHz
+noisy spectrum with two complex UNets in cascade. Each UNet has seven complex convolution
+levels; frequency-recurrent complex FSMN blocks run along the frequency axis between levels,
+a two-layer complex FSMN runs along time in the bottleneck, and complex squeeze-excitation
+gates the skip connections. The second UNet refines the first one's output, and its mask is
+added to the first mask.
+
+This implementation computes exactly what the official (ModelScope / ClearerVoice-Studio)
+model computes, so official checkpoints load through
+:func:`speechbrain_ext.convert.frcrn_from_official`.
+
+Authors: speechbrain-ext contributors
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from speechbrain_ext.nnet.complex import (
+    ComplexBatchNorm2d,
+    ComplexConv2d,
+    ComplexConvTranspose2d,
+    ComplexSqueezeExcitation,
+    complex_cat,
+    complex_multiply,
+)
+from speechbrain_ext.nnet.fsmn import ComplexFSMN
+from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
+
+# Frequency kernel sizes of the depth-14 UNet (time kernels are all 2, frequency strides 2).
+# They take the 321 bins of a 640-point FFT down to 1 and back:
+# 321 -> 159 -> 78 -> 37 -> 17 -> 7 -> 2 -> 1 -> 2 -> 7 -> 17 -> 37 -> 78 -> 159 -> 321.
+_ENCODER_FREQ_KERNELS = (5, 5, 5, 5, 5, 5, 2)
+_DECODER_FREQ_KERNELS = (2, 5, 5, 5, 6, 5, 5)
+
+
+class FRCRNStage(NamedTuple):
+    """What one UNet stage of FRCRN produces.
+
+    spec : [B, 2, F, N] enhanced complex spectrum (real, imaginary).
+    wav : [B, L] enhanced waveform, ``L = (N - 1) * win_inc + win_len``.
+    mask : [B, 2, F, N] complex ratio mask (real, imaginary) applied to the noisy spectrum.
+    """
+
+    spec: torch.Tensor
+    wav: torch.Tensor
+    mask: torch.Tensor
+
+
+class ComplexConvBlock(nn.Module):
+    """Complex (transposed) convolution -> complex batch norm -> leaky ReLU.
+
+    Arguments
+    ---------
+    in_channels, out_channels : int
+        Complex channels.
+    kernel_size, stride, padding : tuple
+        Convolution geometry over (frequency, time).
+    transposed : bool
+        Use a transposed convolution (decoder) instead of a convolution (encoder).
+    padding_mode : str
+        Padding of the (non-transposed) convolution.
+
+    Example
+    -------
+    >>> block = ComplexConvBlock(1, 8, (5, 2), (2, 1), (0, 1))
+    >>> block(torch.randn(2, 2, 321, 10)).shape
+    torch.Size([2, 16, 159, 11])
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, transposed=False, padding_mode="zeros"):
+        super().__init__()
+        if transposed:
+            self.conv = ComplexConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding)
+        else:
+            self.conv = ComplexConv2d(in_channels, out_channels, kernel_size, stride, padding, padding_mode)
+        self.norm = ComplexBatchNorm2d(out_channels)
+
+    def forward(self, x):
+        """``x`` [B, 2*in, F, T] -> [B, 2*out, F', T']."""
+        return F.leaky_relu(self.norm(self.conv(x)), negative_slope=0.01)
+
+
+class FrequencyRecurrentUNet(nn.Module):
+    """One FRCRN stage: a complex UNet with frequency-recurrent FSMN and SE-gated skips.
+
+    Input and output are one complex channel, ``[B, 2, F, N]`` with ``F = 321``. Every encoder
+    level adds one frame (time kernel 2, padding 1) and every decoder level removes it again,
+    so the output has as many frames as the input.
+
+    Arguments
+    ---------
+    channels : int
+        Complex channels of every hidden level (128 in the official model).
+    fsmn_hidden : int
+        Hidden size of the FSMN blocks (128 officially).
+    fsmn_order : int
+        Memory taps of the FSMN blocks (20 officially).
+    se_reduction : int
+        Bottleneck factor of the squeeze-excitation gates (8 officially).
+    padding_mode : str
+        Padding of the encoder convolutions (``'zeros'`` officially).
+
+    Example
+    -------
+    >>> unet = FrequencyRecurrentUNet(channels=8, fsmn_hidden=8)
+    >>> unet(torch.randn(2, 2, 321, 5)).shape
+    torch.Size([2, 2, 321, 5])
+    """
+
+    def __init__(self, channels=128, fsmn_hidden=128, fsmn_order=20, se_reduction=8, padding_mode="zeros"):
+        super().__init__()
+        levels = len(_ENCODER_FREQ_KERNELS)
+        enc_in = [1] + [channels] * (levels - 1)
+        # Decoder inputs are the previous decoder's output concatenated with a skip, except the
+        # first, which reads the bottleneck; the last decoder emits one complex channel.
+        dec_in = [channels] + [2 * channels] * (levels - 1)
+        dec_out = [channels] * (levels - 1) + [1]
+
+        self.encoders = nn.ModuleList(
+            ComplexConvBlock(enc_in[i], channels, (k, 2), (2, 1), (0, 1), padding_mode=padding_mode)
+            for i, k in enumerate(_ENCODER_FREQ_KERNELS)
+        )
+        # The FSMN before encoder level i (i >= 1) and after decoder level i (i < levels - 1).
+        self.encoder_fsmns = nn.ModuleList(
+            ComplexFSMN(channels, fsmn_hidden, fsmn_order, "freq") for _ in range(levels - 1)
+        )
+        # Gates of the skips from encoder levels 0..5 (the deepest level has no skip).
+        self.skip_gates = nn.ModuleList(ComplexSqueezeExcitation(channels, se_reduction) for _ in range(levels - 1))
+        self.bottleneck = nn.Sequential(
+            ComplexFSMN(channels, fsmn_hidden, fsmn_order, "time"),
+            ComplexFSMN(channels, fsmn_hidden, fsmn_order, "time"),
+        )
+        self.decoders = nn.ModuleList(
+            ComplexConvBlock(dec_in[i], dec_out[i], (k, 2), (2, 1), (0, 1), transposed=True)
+            for i, k in enumerate(_DECODER_FREQ_KERNELS)
+        )
+        self.decoder_fsmns = nn.ModuleList(
+            ComplexFSMN(channels, fsmn_hidden, fsmn_order, "freq") for _ in range(levels - 1)
+        )
+        # The official model gates all decoder outputs but the last two.
+        self.decoder_gates = nn.ModuleList(ComplexSqueezeExcitation(channels, se_reduction) for _ in range(levels - 2))
+        self.output_layer = ComplexConv2d(1, 1, kernel_size=1)
+
+    def forward(self, x):
+        """``x`` [B, 2, F, N] -> [B, 2, F, N] (unbounded; FRCRN applies tanh to get a mask)."""
+        skips = []
+        for level, encoder in enumerate(self.encoders):
+            if level > 0:
+                x = self.encoder_fsmns[level - 1](x)
+            x = encoder(x)
+            if level < len(self.skip_gates):
+                skips.append(self.skip_gates[level](x))
+
+        x = self.bottleneck(x)  # the frequency axis is 1 here: the memory runs over time
+
+        last = len(self.decoders) - 1
+        for level, decoder in enumerate(self.decoders):
+            x = decoder(x)
+            if level == last:
+                break
+            x = self.decoder_fsmns[level](x)
+            if level < len(self.decoder_gates):
+                x = self.decoder_gates[level](x)
+            # Pair with the gated encoder output of the same resolution.
+            x = complex_cat([x, skips[last - 1 - level]])
+        return self.output_layer(x)
+
+
+class FRCRN(nn.Module):
+    """FRCRN speech enhancement model (16 kHz), at parity with the official implementation.
+
+    The constructor takes the official configuration's keyword arguments, with the official
+    values as defaults, plus a few width settings (``channels``, ``fsmn_hidden``,
+    ``fsmn_order``, ``se_reduction``) for smaller models; at their defaults the model is the
+    official one (13,141,844 trainable parameters).
+
+    Arguments
+    ---------
+    complex : bool
+        Must be True (the real-valued variant of the reference does not run at depth 14).
+    model_complexity : int
+        Accepted for compatibility; it has no effect at depth 14.
+    model_depth : int
+        Must be 14: the only depth at which the reference model runs.
+    log_amp : bool
+        Accepted for compatibility; the official model does not use it.
+    padding_mode : str
+        Padding of the encoder convolutions (``'zeros'`` officially).
+    win_len, win_inc, fft_len : int
+        STFT framing (640 / 320 / 640 officially: 40 ms frames, 20 ms hop at 16 kHz). The UNet
+        is built for ``fft_len = 640`` (321 frequency bins).
+    win_type : str
+        STFT window; ``'hanning'`` (the official configuration's spelling) means ``'hann'``.
+    channels, fsmn_hidden, fsmn_order, se_reduction : int
+        Width of the UNets; see :class:`FrequencyRecurrentUNet`.
+
+    Example
+    -------
+    >>> model = FRCRN(channels=8, fsmn_hidden=8).eval()
+    >>> noisy = torch.randn(2, 16000)
+    >>> model(noisy).shape
+    torch.Size([2, 16000])
+    >>> first, second = model.forward_stages(noisy)
+    >>> second.mask.shape  # [B, (real, imag), F, frames]
+    torch.Size([2, 2, 321, 49])
+    """
+
+    def __init__(
+        self,
+        complex=True,
+        model_complexity=45,
+        model_depth=14,
+        log_amp=False,
+        padding_mode="zeros",
+        win_len=640,
+        win_inc=320,
+        fft_len=640,
+        win_type="hann",
+        channels=128,
+        fsmn_hidden=128,
+        fsmn_order=20,
+        se_reduction=8,
+    ):
+        super().__init__()
+        if not complex or model_depth != 14:
+            raise ValueError(
+                "FRCRN supports complex=True with model_depth=14, the official configuration "
+                f"(got complex={complex}, model_depth={model_depth}); the reference's other "
+                "depths do not run because their channel counts do not match the FSMN width"
+            )
+        if fft_len != 640:
+            raise ValueError(f"the FRCRN UNet is built for fft_len=640 (321 bins), got fft_len={fft_len}")
+        if log_amp:
+            raise ValueError("log_amp=True is not part of FRCRN (the reference ignores it as well)")
+        self.win_len, self.win_inc, self.fft_len = win_len, win_inc, fft_len
+        self.stft = FramedSTFT(win_len, win_inc, fft_len, win_type)
+        self.istft = FramedISTFT(win_len, win_inc, fft_len, win_type)
+        unet_kwargs = dict(
+            channels=channels,
+            fsmn_hidden=fsmn_hidden,
+            fsmn_order=fsmn_order,
+            se_reduction=se_reduction,
+            padding_mode=padding_mode,
+        )
+        self.stage1 = FrequencyRecurrentUNet(**unet_kwargs)
+        self.stage2 = FrequencyRecurrentUNet(**unet_kwargs)
+
+    def forward_stages(self, noisy):
+        """Run both stages; returns two :class:`FRCRNStage` (what training needs).
+
+        Arguments
+        ---------
+        noisy : torch.Tensor
+            ``[B, T]`` waveform at 16 kHz, ``T >= win_len``.
+
+        Returns
+        -------
+        tuple of FRCRNStage
+            First-stage and final (second-stage) spectra, waveforms and masks.
+        """
+        if noisy.dim() != 2:
+            raise ValueError(f"FRCRN expects a [batch, time] waveform, got shape {tuple(noisy.shape)}")
+        if noisy.shape[-1] < self.win_len:
+            raise ValueError(
+                f"FRCRN needs at least one frame ({self.win_len} samples), got {noisy.shape[-1]}"
+            )
+        spec = self.stft(noisy)
+        unet1_out = self.stage1(spec)
+        mask1 = torch.tanh(unet1_out)
+        # Stage 2 refines stage 1's raw output; its mask is a correction added to mask 1.
+        mask2 = torch.tanh(self.stage2(unet1_out)) + mask1
+        return self._apply_mask(spec, mask1), self._apply_mask(spec, mask2)
+
+    def _apply_mask(self, spec, mask):
+        est_spec = complex_multiply(spec, mask)
+        return FRCRNStage(spec=est_spec, wav=self.istft(est_spec), mask=mask)
+
+    def forward(self, noisy):
+        """Enhance ``noisy`` [B, T] -> [B, T] (the final stage's waveform).
+
+        The model reconstructs samples up to the end of the last whole frame; the remaining
+        ``(T - win_len) % win_inc`` samples at the end are returned as zeros. Pad the input to a
+        whole number of hops (as :class:`speechbrain_ext.inference.EnhanceFRCRN` does) to get
+        every sample back.
+        """
+        enhanced = self.forward_stages(noisy)[1].wav
+        return F.pad(enhanced, (0, noisy.shape[-1] - enhanced.shape[-1]))
+
+
+def si_snr(estimate, target, eps=1e-8):
+    """Scale-invariant SNR in dB per item, as the FRCRN training loss defines it.
+
+    Unlike the usual definition the signals are not made zero-mean first (the official loss
+    does not), which makes no difference for speech without a DC offset.
+
+    Arguments
+    ---------
+    estimate, target : torch.Tensor
+        ``[B, T]``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B]``.
+
+    Example
+    -------
+    >>> x = torch.randn(2, 1000)
+    >>> bool((si_snr(3 * x, x) > 60).all())
+    True
+    """
+    target_energy = (target * target).sum(-1, keepdim=True)
+    projection = (estimate * target).sum(-1, keepdim=True) / (target_energy + eps) * target
+    residual = estimate - projection
+    ratio = (projection * projection).sum(-1) / ((residual * residual).sum(-1) + eps)
+    return 10 * torch.log10(ratio + eps)
+
+
+def ideal_complex_mask(stft, noisy, clean):
+    """Complex ideal ratio mask ``S / Y`` (real, imag) with the official model's clamp.
+
+    Entries above 2 are set to 1 and entries below -2 to -1 (not clipped to +-2): this is the
+    target the official weights were trained against, kept as is.
+
+    Arguments
+    ---------
+    stft : FramedSTFT
+        The model's STFT.
+    noisy, clean : torch.Tensor
+        ``[B, T]`` waveforms.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, 2, F, N]``.
+    """
+    noisy_spec, clean_spec = stft(noisy), stft(clean)
+    y_re, y_im = noisy_spec[:, 0], noisy_spec[:, 1]
+    s_re, s_im = clean_spec[:, 0], clean_spec[:, 1]
+    power = y_re**2 + y_im**2 + 1e-8
+    mask = torch.stack([(s_re * y_re + s_im * y_im) / power, (s_im * y_re - s_re * y_im) / power], dim=1)
+    mask = torch.where(mask > 2, torch.ones_like(mask), mask)
+    return torch.where(mask < -2, -torch.ones_like(mask), mask)
+
+
+def frcrn_loss(model, stages, noisy, clean):
+    """The official FRCRN training loss (mode 'Mix'), on the final stage.
+
+    ``loss = -SI-SNR(wav, clean) + d * MSE(mask_re, cIRM_re) + d * MSE(mask_im, cIRM_im)`` with
+    ``d = 2F`` (642), the feature size the official code multiplies by.
+
+    Arguments
+    ---------
+    model : FRCRN
+        The model (its STFT computes the target mask).
+    stages : tuple of FRCRNStage
+        Output of :meth:`FRCRN.forward_stages`.
+    noisy, clean : torch.Tensor
+        ``[B, T]`` input and target waveforms, ``T`` a whole number of frames (the enhanced
+        waveform and the target must have the same length).
+
+    Returns
+    -------
+    dict
+        ``loss`` (to minimise), and its parts ``sisnr_loss``, ``amp_loss``, ``phase_loss``;
+        each a scalar averaged over the batch.
+
+    Example
+    -------
+    >>> model = FRCRN(channels=8, fsmn_hidden=8)
+    >>> noisy, clean = torch.randn(2, 16000), torch.randn(2, 16000)
+    >>> losses = frcrn_loss(model, model.forward_stages(noisy), noisy, clean)
+    >>> sorted(losses)
+    ['amp_loss', 'loss', 'phase_loss', 'sisnr_loss']
+    """
+    final = stages[-1]
+    if final.wav.shape != clean.shape:
+        raise ValueError(
+            f"enhanced {tuple(final.wav.shape)} and clean {tuple(clean.shape)} differ in length: "
+            "use waveforms of (N - 1) * win_inc + win_len samples"
+        )
+    target = ideal_complex_mask(model.stft, noisy, clean)
+    feature_dim = 2 * target.shape[2]
+    amp_loss = F.mse_loss(final.mask[:, 0], target[:, 0]) * feature_dim
+    phase_loss = F.mse_loss(final.mask[:, 1], target[:, 1]) * feature_dim
+    sisnr_loss = -si_snr(final.wav, clean).mean()
+    return {
+        "loss": sisnr_loss + amp_loss + phase_loss,
+        "sisnr_loss": sisnr_loss,
+        "amp_loss": amp_loss,
+        "phase_loss": phase_loss,
+    }

@@ -1,0 +1,150 @@
+"""The short-time Fourier transform pair of FRCRN, framed exactly as the official model.
+
+FRCRN frames the waveform without centre padding (frame ``n`` covers samples
+``n*hop ... n*hop + win_len - 1``), uses the square root of the window for both analysis and
+synthesis, and inverts with a least-squares inverse of the analysis basis followed by
+overlap-add normalised by the summed squared window (plus 1e-8, so edge samples where the
+window vanishes come back as ~0 instead of NaN).
+
+Why not ``torch.stft``/``torch.istft``: ``torch.stft`` centres a shorter window inside an
+``n_fft`` frame (FRCRN zero-pads it at the end), and ``torch.istft`` refuses windows whose
+overlap-added square vanishes at the edges, which the uncentred sqrt-Hann framing does. We
+therefore frame with ``Tensor.unfold`` and transform with ``torch.fft.rfft``.
+
+Authors: speechbrain-ext contributors
+"""
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.signal import get_window
+
+_WINDOW_ALIASES = {"hanning": "hann"}  # the official configuration.json says "hanning"
+
+
+def analysis_window(win_type, win_len):
+    """Square root of a periodic window, as FRCRN applies it on both sides of the STFT.
+
+    Arguments
+    ---------
+    win_type : str or None
+        Any window name scipy knows (``'hann'``, ``'hamming'``, ...); ``'hanning'`` is read as
+        ``'hann'``; ``None``/``'None'`` means rectangular.
+    win_len : int
+        Window length in samples.
+
+    Example
+    -------
+    >>> w = analysis_window("hanning", 640)
+    >>> w.shape, float(w[0]), round(float(w[320]), 6)
+    (torch.Size([640]), 0.0, 1.0)
+    """
+    if win_type is None or win_type == "None":
+        window = np.ones(win_len)
+    else:
+        window = get_window(_WINDOW_ALIASES.get(win_type, win_type), win_len, fftbins=True)
+    return torch.from_numpy(np.sqrt(window)).float()
+
+
+def analysis_basis(win_len, fft_len):
+    """``[win_len, 2F]`` float64 matrix mapping a frame to its (real, imag) spectrum, unwindowed.
+
+    Row ``n`` holds the spectrum of a unit impulse at sample ``n`` of an ``fft_len``-point frame.
+
+    Example
+    -------
+    >>> analysis_basis(640, 640).shape
+    (640, 642)
+    """
+    basis = np.fft.rfft(np.eye(fft_len))[:win_len]
+    return np.concatenate([basis.real, basis.imag], axis=1)
+
+
+class FramedSTFT(nn.Module):
+    """Waveform ``[B, T]`` to complex spectrum ``[B, 2, F, N]`` (real, imag) with FRCRN framing.
+
+    Arguments
+    ---------
+    win_len : int
+        Frame (and window) length in samples.
+    win_inc : int
+        Hop between frames.
+    fft_len : int
+        FFT size; frames are zero-padded at the end up to it. ``F = fft_len // 2 + 1``.
+    win_type : str or None
+        See :func:`analysis_window`.
+
+    Example
+    -------
+    >>> stft = FramedSTFT(640, 320, 640, "hann")
+    >>> stft(torch.randn(3, 16000)).shape  # N = (16000 - 640) // 320 + 1
+    torch.Size([3, 2, 321, 49])
+    """
+
+    def __init__(self, win_len=640, win_inc=320, fft_len=640, win_type="hann"):
+        super().__init__()
+        if win_len > fft_len:
+            raise ValueError(f"win_len ({win_len}) must not exceed fft_len ({fft_len})")
+        self.win_len, self.win_inc, self.fft_len = win_len, win_inc, fft_len
+        self.register_buffer("window", analysis_window(win_type, win_len), persistent=False)
+
+    def num_frames(self, num_samples):
+        """Frames produced for ``num_samples`` input samples (0 when shorter than a window)."""
+        return max(0, (num_samples - self.win_len) // self.win_inc + 1)
+
+    def forward(self, wav):
+        """Transform ``wav`` [B, T] (T >= win_len) into [B, 2, F, N]."""
+        frames = wav.unfold(-1, self.win_len, self.win_inc) * self.window  # [B, N, win_len]
+        spec = torch.fft.rfft(frames, n=self.fft_len)  # [B, N, F]
+        return torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)
+
+
+class FramedISTFT(nn.Module):
+    """Complex spectrum ``[B, 2, F, N]`` back to a waveform ``[B, (N - 1) * win_inc + win_len]``.
+
+    Each frame is mapped to ``win_len`` samples by the least-squares inverse (pseudo-inverse)
+    of the analysis basis, windowed, overlap-added, and divided by the overlap-added squared
+    window. For ``win_len == fft_len`` the pseudo-inverse equals the inverse real FFT; for
+    shorter windows it is the FRCRN definition, which differs from a truncated inverse FFT.
+
+    Arguments
+    ---------
+    win_len, win_inc, fft_len, win_type :
+        As in :class:`FramedSTFT`.
+
+    Example
+    -------
+    >>> stft, istft = FramedSTFT(), FramedISTFT()
+    >>> wav = torch.randn(2, 16000)
+    >>> # Perfect reconstruction wherever two frames overlap (the edges divide by a tiny window).
+    >>> torch.allclose(istft(stft(wav))[:, 320:-320], wav[:, 320:-320], atol=1e-4)
+    True
+    """
+
+    def __init__(self, win_len=640, win_inc=320, fft_len=640, win_type="hann"):
+        super().__init__()
+        self.win_len, self.win_inc, self.fft_len = win_len, win_inc, fft_len
+        self.register_buffer("window", analysis_window(win_type, win_len), persistent=False)
+        self.register_buffer("synthesis", self._synthesis_basis(win_len, fft_len), persistent=False)
+
+    @staticmethod
+    def _synthesis_basis(win_len, fft_len):
+        """``[2F, win_len]`` pseudo-inverse of the analysis basis (computed in float64)."""
+        return torch.from_numpy(np.linalg.pinv(analysis_basis(win_len, fft_len))).float()
+
+    def forward(self, spec):
+        """Invert ``spec`` [B, 2, F, N]; returns [B, (N - 1) * win_inc + win_len]."""
+        batch, _, n_freq, n_frames = spec.shape
+        flat = spec.reshape(batch, 2 * n_freq, n_frames).transpose(1, 2)  # [B, N, 2F]
+        frames = (flat @ self.synthesis) * self.window  # [B, N, win_len]
+        length = (n_frames - 1) * self.win_inc + self.win_len
+
+        def overlap_add(framed):  # [B, win_len, N] -> [B, length]
+            return F.fold(
+                framed, output_size=(1, length), kernel_size=(1, self.win_len), stride=(1, self.win_inc)
+            ).view(framed.shape[0], length)
+
+        wav = overlap_add(frames.transpose(1, 2))
+        envelope = overlap_add((self.window**2)[None, :, None].expand(1, -1, n_frames))
+        return wav / (envelope + 1e-8)

@@ -1,0 +1,52 @@
+"""Shared fixtures: the reference (ModelScope) models with seeded random weights.
+
+The reference package is a test dependency: it is the oracle the parity tests compare with.
+"""
+
+import pytest
+import torch
+
+OFFICIAL_FRCRN_KWARGS = dict(
+    complex=True,
+    model_complexity=45,
+    model_depth=14,
+    log_amp=False,
+    padding_mode="zeros",
+    win_len=640,
+    win_inc=320,
+    fft_len=640,
+    win_type="hann",
+)
+
+
+def randomize_(module, seed):
+    """Perturb every learned tensor and give batch norms non-trivial running statistics.
+
+    Fixed STFT kernels (stored as frozen parameters by the reference) are left alone.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            scale = param.std() if param.numel() > 1 else torch.tensor(1.0)
+            param.add_(0.1 * scale * torch.randn(param.shape, generator=generator))
+        for sub in module.modules():
+            if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
+                sub.running_mean.copy_(0.1 * torch.randn(sub.running_mean.shape, generator=generator))
+                sub.running_var.uniform_(0.5, 2.0, generator=generator)
+                sub.num_batches_tracked.fill_(1000)
+    return module
+
+
+def make_reference_frcrn(seed=0):
+    """The reference FRCRN (official configuration) with seeded random weights, in eval mode."""
+    from modelscope.models.audio.ans.frcrn import FRCRN as ReferenceFRCRN
+
+    torch.manual_seed(seed)
+    return randomize_(ReferenceFRCRN(**OFFICIAL_FRCRN_KWARGS), seed).eval()
+
+
+@pytest.fixture(scope="session")
+def reference_frcrn():
+    return make_reference_frcrn(seed=0)
