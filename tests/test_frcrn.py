@@ -46,7 +46,8 @@ def test_parity_with_reference(reference_frcrn, ours, length):
     # Masks and spectra: ours [B, 2, F, N] vs the reference's [B, 2F, N] (real rows, then imag).
     assert (final.mask.flatten(1, 2) - ref[5]).abs().max() <= TOLERANCE
     assert (first.mask.flatten(1, 2) - ref[2]).abs().max() <= TOLERANCE
-    assert (final.spec.flatten(1, 2) - ref[3]).abs().max() <= TOLERANCE
+    # Spectra sum 640 samples per bin: compare them relative to their magnitude.
+    assert (final.spec.flatten(1, 2) - ref[3]).abs().max() <= TOLERANCE * ref[3].abs().max().clamp(min=1)
     # forward() returns the input length: the reconstructed part, then zeros.
     assert enhanced.shape == noisy.shape
     assert torch.equal(enhanced[:, :ref_len], final.wav)

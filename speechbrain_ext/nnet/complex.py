@@ -2,9 +2,9 @@
 
 A complex feature map with ``C`` channels is stored as one real tensor ``[B, 2C, F, T]``:
 the ``C`` real channels first, then the ``C`` imaginary channels. Keeping both halves in the
-channel axis means one real convolution can do a whole complex convolution (with a 2x2 block
-weight), batch norm is an ordinary ``BatchNorm2d`` and no operation needs a trailing axis of
-size 2, which would make every slice non-contiguous.
+channel axis means batch norm is an ordinary ``BatchNorm2d``, complex products are a few
+grouped convolutions, and no operation needs a trailing axis of size 2, which would make every
+slice non-contiguous. The layers work in either memory format; channels-last is faster on CPU.
 
 Authors: speechbrain-ext contributors
 """
@@ -67,11 +67,14 @@ def complex_multiply(x, y):
 class _ComplexConvBase(nn.Module):
     """Holds the real and imaginary kernels of a complex (transposed) convolution.
 
-    ``W = W_re + j W_im`` applied to ``x = x_re + j x_im`` gives
-    ``(W_re x_re - W_im x_im) + j (W_re x_im + W_im x_re)``. The two kernels are kept as
-    separate parameters (the natural parameterisation, and the one official checkpoints use)
-    and assembled into a single real block kernel at call time, so the four real products
-    run as one convolution.
+    ``W = W_re + j W_im`` applied to ``x = x_re + j x_im`` is
+    ``(W_re x_re - W_im x_im) + j (W_re x_im + W_im x_re)``. The two kernels are separate
+    parameters (the natural parameterisation, and the one official checkpoints use). The
+    product is evaluated with Gauss's trick, three real convolutions instead of four:
+    ``k1 = W_re (x_re + x_im)``, ``k2 = (W_im - W_re) x_re``, ``k3 = (W_re + W_im) x_im``,
+    ``real = k1 - k3``, ``imag = k1 + k2``; ``k2`` and ``k3`` run as one grouped convolution.
+    Each real convolution of the reference carries its own bias, so the complex output gets
+    ``b_re - b_im`` (real) and ``b_re + b_im`` (imaginary).
     """
 
     def __init__(self, weight_shape, out_channels, bias):
@@ -94,19 +97,25 @@ class _ComplexConvBase(nn.Module):
                 bound = 1 / weight[0].numel() ** 0.5  # torch's fan-in for conv and tconv kernels
                 nn.init.uniform_(bias, -bound, bound)
 
-    def block_bias(self):
-        """Bias of the block convolution: ``b_re - b_im`` on real outputs, ``b_re + b_im`` on imaginary.
-
-        Each of the two real convolutions of the complex product carries its own bias, and the
-        complex combination subtracts/adds them.
-        """
-        if self.bias_real is None:
-            return None
-        return torch.cat([self.bias_real - self.bias_imag, self.bias_real + self.bias_imag])
+    def _complex_product(self, x, conv):
+        """Apply ``conv(input, weight, bias, groups=...)`` as a complex convolution to ``x``."""
+        x_re, x_im = split_complex(x)
+        w_re, w_im = self.weight_real, self.weight_imag
+        # Input-channel groups are dim 0 of both conv ([out, in]) and tconv ([in, out]) kernels
+        # as far as a 2-group convolution is concerned: k2 reads x_re, k3 reads x_im.
+        k1 = conv(x_re + x_im, w_re, self.bias_real, groups=1)
+        shared_bias = None if self.bias_imag is None else self.bias_imag.repeat(2)
+        k2, k3 = split_complex(conv(x, torch.cat([w_im - w_re, w_re + w_im]), shared_bias, groups=2))
+        out = torch.cat([k1, k1], dim=1)
+        channels = k1.shape[1]
+        # In place on the two halves of one buffer: fewer passes over large maps.
+        out.narrow(1, 0, channels).sub_(k3)
+        out.narrow(1, channels, channels).add_(k2)
+        return out
 
 
 class ComplexConv2d(_ComplexConvBase):
-    """2-D complex convolution as one real convolution with a block kernel.
+    """2-D complex convolution on real-then-imaginary channel maps.
 
     Arguments
     ---------
@@ -137,12 +146,6 @@ class ComplexConv2d(_ComplexConvBase):
         self.padding_mode = padding_mode
         super().__init__((out_channels, in_channels, *kernel_size), out_channels, bias)
 
-    def block_weight(self):
-        """``[[W_re, -W_im], [W_im, W_re]]``: rows are (real, imag) outputs, columns (real, imag) inputs."""
-        top = torch.cat([self.weight_real, -self.weight_imag], dim=1)
-        bottom = torch.cat([self.weight_imag, self.weight_real], dim=1)
-        return torch.cat([top, bottom], dim=0)
-
     def forward(self, x):
         """Convolve ``x`` [B, 2*in, F, T] into [B, 2*out, F', T']."""
         padding = self.padding
@@ -150,11 +153,15 @@ class ComplexConv2d(_ComplexConvBase):
             pad_f, pad_t = padding
             x = F.pad(x, (pad_t, pad_t, pad_f, pad_f), mode=self.padding_mode)
             padding = (0, 0)
-        return F.conv2d(x, self.block_weight(), self.block_bias(), self.stride, padding)
+
+        def conv(inputs, weight, bias, groups):
+            return F.conv2d(inputs, weight, bias, self.stride, padding, groups=groups)
+
+        return self._complex_product(x, conv)
 
 
 class ComplexConvTranspose2d(_ComplexConvBase):
-    """2-D complex transposed convolution as one real transposed convolution.
+    """2-D complex transposed convolution on real-then-imaginary channel maps.
 
     Arguments
     ---------
@@ -180,15 +187,13 @@ class ComplexConvTranspose2d(_ComplexConvBase):
         self.padding = nn.modules.utils._pair(padding)
         super().__init__((in_channels, out_channels, *kernel_size), out_channels, bias)
 
-    def block_weight(self):
-        """Transposed-conv kernels are ``[in, out, ...]``, so the block is the transpose of the conv one."""
-        top = torch.cat([self.weight_real, self.weight_imag], dim=1)
-        bottom = torch.cat([-self.weight_imag, self.weight_real], dim=1)
-        return torch.cat([top, bottom], dim=0)
-
     def forward(self, x):
         """Upsample ``x`` [B, 2*in, F, T] into [B, 2*out, F', T']."""
-        return F.conv_transpose2d(x, self.block_weight(), self.block_bias(), self.stride, self.padding)
+
+        def conv(inputs, weight, bias, groups):
+            return F.conv_transpose2d(inputs, weight, bias, self.stride, self.padding, groups=groups)
+
+        return self._complex_product(x, conv)
 
 
 class ComplexBatchNorm2d(nn.BatchNorm2d):

@@ -53,31 +53,41 @@ class FSMN(nn.Module):
 
     def forward(self, x):
         """Apply the block to ``x`` [B, C, F, T]."""
-        return x + _memory_residual(x, [self], self.axis, self.memory_order)
+        return x + _memory_residual(x, [self], parts=1)
 
 
-def _memory_residual(x, blocks, axis, memory_order):
-    """``p + memory(p)`` of several FSMN blocks applied to the same input, in three convolutions.
+def _memory_residual(x, blocks, parts):
+    """``p + memory(p)`` of each FSMN block in ``blocks`` applied to each of ``parts`` inputs.
 
-    The blocks' linear layers are stacked into one 1x1 convolution, their projections into one
-    grouped 1x1 convolution and their memories into one depthwise convolution, so applying
-    ``len(blocks)`` blocks costs about as much as applying one wide block.
+    ``x`` stacks the ``parts`` inputs along channels (``parts * C``). The blocks' linear layers
+    become one grouped 1x1 convolution (a group per input part), their projections one grouped
+    1x1 convolution and their memories one depthwise convolution, so all
+    ``parts * len(blocks)`` applications cost three convolution calls and no reshape (which
+    keeps channels-last tensors channels-last).
 
-    Returns ``[B, len(blocks) * C, F, T]``: block 0's result in the first ``C`` channels, etc.
+    Returns ``[B, parts * len(blocks) * C, F, T]``, ordered part-major: (part 0, block 0),
+    (part 0, block 1), ..., (part 1, block 0), ...
     """
-    linear_w = torch.cat([b.linear.weight for b in blocks])[:, :, None, None]
-    linear_b = torch.cat([b.linear.bias for b in blocks])
-    project_w = torch.cat([b.project.weight for b in blocks])[:, :, None, None]
-    hidden = F.relu(F.conv2d(x, linear_w, linear_b))
-    projected = F.conv2d(hidden, project_w, groups=len(blocks))
+    first = blocks[0]
+    per_part = len(blocks)
+    linear_w = torch.cat([b.linear.weight for b in blocks] * parts)[:, :, None, None]
+    linear_b = torch.cat([b.linear.bias for b in blocks] * parts)
+    project_w = torch.cat([b.project.weight for b in blocks] * parts)[:, :, None, None]
+    hidden = F.relu(F.conv2d(x, linear_w, linear_b, groups=parts))
+    projected = F.conv2d(hidden, project_w, groups=parts * per_part)
 
-    memory = torch.cat([b.memory for b in blocks])[:, None, :]
-    if axis == "freq":  # filter along dim 2, left (lower-index) context only
-        kernel, padding = memory[..., None], (0, 0, memory_order - 1, 0)
-    else:
-        kernel, padding = memory[:, :, None, :], (memory_order - 1, 0, 0, 0)
-    remembered = F.conv2d(F.pad(projected, padding), kernel, groups=kernel.shape[0])
-    return projected + remembered
+    memory = torch.cat([b.memory for b in blocks] * parts)
+    # p + memory(p) as one filter: add the identity to the tap of the current step.
+    memory = (memory + F.one_hot(torch.tensor(first.memory_order - 1), first.memory_order).to(memory))[:, None]
+    # Causal filtering: pad both ends inside the convolution (cheaper than F.pad, which copies
+    # the map) and keep the first outputs, which saw only left context.
+    taps = first.memory_order - 1
+    length = projected.shape[_AXES[first.axis]]
+    if first.axis == "freq":
+        filtered = F.conv2d(projected, memory[..., None], padding=(taps, 0), groups=memory.shape[0])
+        return filtered[:, :, :length]
+    filtered = F.conv2d(projected, memory[:, :, None, :], padding=(0, taps), groups=memory.shape[0])
+    return filtered[:, :, :, :length]
 
 
 class ComplexFSMN(nn.Module):
@@ -112,13 +122,9 @@ class ComplexFSMN(nn.Module):
 
     def forward(self, x):
         """Apply the complex block to ``x`` [B, 2C, F, T]."""
-        batch, channels2, n_freq, n_time = x.shape
         x_re, x_im = split_complex(x)
-        # Both parts go through both real blocks at once: parts are stacked on the batch axis,
-        # blocks on the channel axis.
-        parts = x.reshape(batch * 2, channels2 // 2, n_freq, n_time)
-        residual = _memory_residual(parts, [self.real, self.imag], self.real.axis, self.real.memory_order)
-        residual = residual.view(batch, 2, 2, channels2 // 2, n_freq, n_time)  # [B, part, block, C, F, T]
-        real = x_re - x_im + residual[:, 0, 0] - residual[:, 1, 1]
-        imag = x_im + x_re + residual[:, 1, 0] + residual[:, 0, 1]
+        # (x_re | x_im) through (real | imag) blocks, in the residual's part-major order.
+        re_real, re_imag, im_real, im_imag = _memory_residual(x, [self.real, self.imag], parts=2).chunk(4, dim=1)
+        real = (x_re - x_im).add_(re_real).sub_(im_imag)  # in place: no extra large buffers
+        imag = (x_im + x_re).add_(im_real).add_(re_imag)
         return torch.cat([real, imag], dim=1)

@@ -82,7 +82,7 @@ class ComplexConvBlock(nn.Module):
 
     def forward(self, x):
         """``x`` [B, 2*in, F, T] -> [B, 2*out, F', T']."""
-        return F.leaky_relu(self.norm(self.conv(x)), negative_slope=0.01)
+        return F.leaky_relu(self.norm(self.conv(x)), negative_slope=0.01, inplace=True)
 
 
 class FrequencyRecurrentUNet(nn.Module):
@@ -148,6 +148,9 @@ class FrequencyRecurrentUNet(nn.Module):
 
     def forward(self, x):
         """``x`` [B, 2, F, N] -> [B, 2, F, N] (unbounded; FRCRN applies tanh to get a mask)."""
+        # Channels-last convolutions are markedly faster on CPU (and fine on GPU); every layer
+        # keeps the memory format it is given.
+        x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for level, encoder in enumerate(self.encoders):
             if level > 0:
@@ -168,7 +171,7 @@ class FrequencyRecurrentUNet(nn.Module):
                 x = self.decoder_gates[level](x)
             # Pair with the gated encoder output of the same resolution.
             x = complex_cat([x, skips[last - 1 - level]])
-        return self.output_layer(x)
+        return self.output_layer(x).contiguous()
 
 
 class FRCRN(nn.Module):
