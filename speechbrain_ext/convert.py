@@ -179,8 +179,9 @@ def frcrn_from_official(checkpoint, **model_kwargs):
     ---------
     checkpoint : str, os.PathLike or dict
         ModelScope ``pytorch_model.bin`` (a plain state dict), a ClearerVoice-Studio checkpoint
-        (``{'model': state_dict, ...}``), either in memory or as a path; ``module.`` prefixes and
-        the reference's duplicated alias names (``encoders.0`` / ``encoder0``) are accepted.
+        (``{'model': state_dict, ...}``), either in memory or as a path, or a folder holding one
+        (see :func:`find_frcrn_checkpoint`); ``module.`` prefixes and the reference's duplicated
+        alias names (``encoders.0`` / ``encoder0``) are accepted.
     **model_kwargs
         FRCRN constructor arguments (the official configuration by default).
 
@@ -203,6 +204,38 @@ def frcrn_from_official(checkpoint, **model_kwargs):
     """
     from speechbrain_ext.lobes.models.frcrn import FRCRN
 
+    return load_frcrn_official(FRCRN(**model_kwargs), checkpoint)
+
+
+def find_frcrn_checkpoint(folder):
+    """The official FRCRN checkpoint file in a downloaded folder.
+
+    ModelScope folders hold ``pytorch_model.bin``; ClearerVoice-Studio folders hold a text file
+    ``last_best_checkpoint`` whose first line names the checkpoint file.
+    """
+    modelscope_file = os.path.join(folder, "pytorch_model.bin")
+    if os.path.isfile(modelscope_file):
+        return modelscope_file
+    pointer = os.path.join(folder, "last_best_checkpoint")
+    if os.path.isfile(pointer):
+        with open(pointer, encoding="utf-8") as stream:
+            name = stream.readline().strip()
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise CheckpointMismatchError(f"{pointer} names {name!r}, which is not in {folder}")
+        return path
+    raise CheckpointMismatchError(
+        f"{folder} holds no official FRCRN checkpoint (pytorch_model.bin or last_best_checkpoint)"
+    )
+
+
+def load_frcrn_official(model, checkpoint):
+    """Fill an existing FRCRN ``model`` from official weights (strictly); returns it in eval mode.
+
+    See :func:`frcrn_from_official` for the accepted checkpoints and the errors.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
+        checkpoint = find_frcrn_checkpoint(checkpoint)
     official = {}
     for name, tensor in read_state_dict(checkpoint).items():
         canonical = _canonical_frcrn_name(name)
@@ -212,7 +245,6 @@ def frcrn_from_official(checkpoint, **model_kwargs):
             )
         official[canonical] = tensor
 
-    model = FRCRN(**model_kwargs)
     ours, used = {}, set()
     missing, shape_errors = [], []
     for our_name, our_tensor in model.state_dict().items():
@@ -305,3 +337,267 @@ def frcrn_to_official(model):
 # ----------------------------------------------------------------------------------------------
 # MossFormer
 # ----------------------------------------------------------------------------------------------
+
+# The official release stores three state dicts, one per module of the separator.
+_MOSSFORMER_PARTS = ("encoder", "masknet", "decoder")
+# Prefixes of the same three in one merged state dict (the reference's ``MossFormer``
+# registers the masknet as ``mask_net``).
+_MOSSFORMER_MERGED_PREFIXES = {"encoder.": "encoder", "masknet.": "masknet", "mask_net.": "masknet", "decoder.": "decoder"}
+
+_MOSSFORMER_BLOCK = "mdl.att_mdl.mossformerM.layers.{i}."
+# (official masknet.bin name, our MossFormerMaskNet name): "{i}" is a block index; a name ending
+# in "." is a prefix, the rest of the tensor name (weight, bias) carries over unchanged.
+_MOSSFORMER_MASKNET_NAMES = [
+    ("norm.", "input_norm."),
+    ("conv1d_encoder.", "bottleneck."),
+    ("pos_enc.", "pos_encoding."),
+    ("mdl.att_mdl.norm.norm.", "blocks_norm."),
+    ("mdl.att_norm.", "post_norm."),
+    ("prelu.", "prelu."),
+    ("conv1d_out.", "speaker_split."),
+    ("output.0.", "mask_value."),
+    ("output_gate.0.", "mask_gate."),
+    ("conv1_decoder.", "mask_proj."),
+    (_MOSSFORMER_BLOCK + "qk_offset_scale.gamma", "blocks.{i}.qk_gain"),
+    (_MOSSFORMER_BLOCK + "qk_offset_scale.beta", "blocks.{i}.qk_bias"),
+    *(
+        (f"{_MOSSFORMER_BLOCK}{projection}.mdl.{official}", f"blocks.{{i}}.{projection}.{ours}")
+        for projection in ("to_hidden", "to_qk", "to_out")
+        for official, ours in (("0.g", "gain"), ("1.", "linear."), ("3.sequential.1.conv.", "conv."))
+    ),
+]
+# Every official block stores the rotary frequencies, one tensor shared by all blocks; ours
+# keeps it once, as ``rotary.freqs``.
+_MOSSFORMER_ROTARY = re.compile(r"^mdl\.att_mdl\.mossformerM\.layers\.(\d+)\.rotary_pos_emb\.freqs$")
+_MOSSFORMER_OUR_ROTARY = "rotary.freqs"
+
+
+def _compile_name_rules(pairs):
+    """[(regex of a source name, target template)] for ``(source, target)`` name pairs."""
+    rules = []
+    for source, target in pairs:
+        pattern = r"(\d+)".join(re.escape(piece) for piece in source.split("{i}"))
+        rules.append((re.compile(f"^{pattern}" + ("" if source.endswith(".") else "$")), target))
+    return rules
+
+
+_MOSSFORMER_TO_OURS = _compile_name_rules(_MOSSFORMER_MASKNET_NAMES)
+_MOSSFORMER_TO_OFFICIAL = _compile_name_rules((ours, official) for official, ours in _MOSSFORMER_MASKNET_NAMES)
+
+
+def _rename(name, rules):
+    """``name`` translated by the first matching rule, or None if no rule matches."""
+    for pattern, template in rules:
+        match = pattern.match(name)
+        if match:
+            index = match.group(1) if pattern.groups else ""
+            return template.format(i=index) + name[match.end():]
+    return None
+
+
+def _mossformer_configuration(path):
+    """MossFormer keyword arguments from a ModelScope ``configuration.json`` ({} if absent).
+
+    ModelScope passes the ``model`` section (less its ``type``) to the model constructor; we
+    also accept a nested ``model_config`` section and keep only the keys MossFormer takes.
+    """
+    import inspect
+    import json
+
+    from speechbrain_ext.lobes.models.mossformer import MossFormer
+
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as file:
+            configuration = json.load(file)
+    except (OSError, ValueError) as error:
+        raise CheckpointMismatchError(f"cannot read {path}: {error}") from None
+    section = configuration.get("model", configuration) if isinstance(configuration, Mapping) else {}
+    if not isinstance(section, Mapping):
+        return {}
+    if isinstance(section.get("model_config"), Mapping):
+        section = {**section, **section["model_config"]}
+    accepted = inspect.signature(MossFormer).parameters
+    return {key: value for key, value in section.items() if key in accepted}
+
+
+def _official_mossformer_parts(checkpoint):
+    """``({part: state dict}, configuration kwargs, unexpected names)`` from any official layout."""
+    if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
+        parts = {part: read_state_dict(os.path.join(checkpoint, f"{part}.bin")) for part in _MOSSFORMER_PARTS}
+        return parts, _mossformer_configuration(os.path.join(checkpoint, "configuration.json")), []
+    if isinstance(checkpoint, (tuple, list)):
+        if len(checkpoint) != len(_MOSSFORMER_PARTS):
+            raise CheckpointMismatchError(
+                f"expected the (encoder, masknet, decoder) state dicts, got {len(checkpoint)} item(s)"
+            )
+        return dict(zip(_MOSSFORMER_PARTS, map(read_state_dict, checkpoint))), {}, []
+    if isinstance(checkpoint, Mapping) and checkpoint and not any(torch.is_tensor(v) for v in checkpoint.values()):
+        by_part = {"mask_net" if part == "masknet" and "mask_net" in checkpoint else part: part for part in _MOSSFORMER_PARTS}
+        if set(checkpoint) == set(by_part):
+            return {part: read_state_dict(checkpoint[key]) for key, part in by_part.items()}, {}, []
+
+    parts, unexpected = {part: {} for part in _MOSSFORMER_PARTS}, []
+    for name, tensor in read_state_dict(checkpoint).items():
+        prefix = next((p for p in _MOSSFORMER_MERGED_PREFIXES if name.startswith(p)), None)
+        if prefix is None:
+            unexpected.append(name)
+        else:
+            parts[_MOSSFORMER_MERGED_PREFIXES[prefix]][name[len(prefix):]] = tensor
+    return parts, {}, unexpected
+
+
+def mossformer_from_official(checkpoint, **model_kwargs):
+    """Build a :class:`~speechbrain_ext.lobes.models.mossformer.MossFormer` from official weights.
+
+    Arguments
+    ---------
+    checkpoint : str, os.PathLike, dict, tuple or list
+        One of
+
+        * a ModelScope model directory holding ``encoder.bin``, ``masknet.bin`` and
+          ``decoder.bin`` (and optionally ``configuration.json``, whose ``model`` section
+          overrides the default constructor arguments);
+        * ``{"encoder": ..., "masknet": ..., "decoder": ...}`` (``mask_net`` accepted) or an
+          ``(encoder, masknet, decoder)`` sequence, of state dicts or paths;
+        * one merged state dict, in memory or as a path, with the prefixes ``encoder.``,
+          ``decoder.`` and ``mask_net.`` or ``masknet.`` (the reference ``MossFormer``'s own
+          ``state_dict()``).
+
+        Files are read with ``torch.load(weights_only=True)``.
+    **model_kwargs
+        MossFormer constructor arguments; they override ``configuration.json``.
+
+    Returns
+    -------
+    MossFormer
+        The model with every tensor filled, in eval mode.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        If a tensor is missing, unexpected or of the wrong shape, or if the blocks' copies of
+        the rotary frequencies differ.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.mossformer import MossFormer
+    >>> tiny = dict(in_channels=32, out_channels=32, d_model=32, num_blocks=2, group_size=8, query_key_dim=16)
+    >>> official = mossformer_to_official(MossFormer(**tiny))
+    >>> len(official["masknet"])
+    47
+    >>> model = mossformer_from_official(official, **tiny)
+    """
+    from speechbrain_ext.lobes.models.mossformer import MossFormer
+
+    parts, configuration, unexpected = _official_mossformer_parts(checkpoint)
+    model = MossFormer(**{**configuration, **model_kwargs})
+    expected = model.state_dict()
+    num_blocks = len(model.masknet.blocks)
+
+    ours, shape_errors, rotary = {}, [], {}
+    for part, state in parts.items():
+        for name, tensor in state.items():
+            rotary_match = _MOSSFORMER_ROTARY.match(name) if part == "masknet" else None
+            if rotary_match and int(rotary_match.group(1)) < num_blocks:
+                rotary[int(rotary_match.group(1))] = tensor
+                continue
+            our_name = _rename(name, _MOSSFORMER_TO_OURS) if part == "masknet" else name
+            our_name = f"{part}.{our_name}" if our_name is not None else None
+            if our_name not in expected or our_name == f"masknet.{_MOSSFORMER_OUR_ROTARY}":
+                unexpected.append(f"{part}/{name}")
+            elif tensor.shape != expected[our_name].shape:
+                shape_errors.append(f"{part}/{name} {tuple(tensor.shape)} (expected {tuple(expected[our_name].shape)})")
+            else:
+                ours[our_name] = tensor
+
+    rotary_name = f"masknet.{_MOSSFORMER_OUR_ROTARY}"
+    missing = [f"masknet/{_MOSSFORMER_BLOCK.format(i=i)}rotary_pos_emb.freqs" for i in range(num_blocks) if i not in rotary]
+    if rotary:
+        first = next(iter(rotary.values()))
+        if any(not torch.equal(first, other) for other in rotary.values()):
+            raise CheckpointMismatchError(
+                "MossFormer checkpoint stores different rotary frequencies in different blocks; "
+                "the model shares one set between all blocks"
+            )
+        if first.shape != expected[rotary_name].shape:
+            shape_errors.append(f"masknet/...rotary_pos_emb.freqs {tuple(first.shape)} (expected {tuple(expected[rotary_name].shape)})")
+        else:
+            ours[rotary_name] = first
+    for our_name in expected:
+        if our_name not in ours and our_name != rotary_name:
+            part, name = our_name.split(".", 1)
+            official_name = _rename(name, _MOSSFORMER_TO_OFFICIAL) if part == "masknet" else name
+            missing.append(f"{part}/{official_name}")
+
+    _raise_if_mismatched("MossFormer", missing, unexpected, shape_errors)
+    model.load_state_dict(ours, strict=True)
+    return model.eval()
+
+
+def mossformer_to_official(model, directory=None):
+    """Export a MossFormer as the official three state dicts (and optionally files).
+
+    Each state dict loads with ``strict=True`` into the matching module of the reference
+    implementation (``encoder``, ``mask_net``, ``decoder``).
+
+    Arguments
+    ---------
+    model : MossFormer or Mapping
+        The convenience :class:`~speechbrain_ext.lobes.models.mossformer.MossFormer`, or anything
+        holding ``encoder``, ``masknet`` and ``decoder`` modules as attributes or keys (e.g. the
+        ``modules`` of ``hparams/mossformer.yaml``).
+    directory : str or os.PathLike, optional
+        If given, ``encoder.bin``, ``masknet.bin``, ``decoder.bin`` and, when the model knows its
+        constructor arguments, a ModelScope ``configuration.json`` are written there.
+
+    Returns
+    -------
+    dict
+        ``{"encoder": state dict, "masknet": state dict, "decoder": state dict}`` with the
+        official tensor names.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.mossformer import MossFormer
+    >>> official = mossformer_to_official(MossFormer(num_blocks=1))
+    >>> official["encoder"]["conv1d.weight"].shape
+    torch.Size([512, 1, 16])
+    >>> official["masknet"]["mdl.att_mdl.mossformerM.layers.0.qk_offset_scale.gamma"].shape
+    torch.Size([4, 128])
+    """
+    modules = {part: model[part] if isinstance(model, Mapping) else getattr(model, part) for part in _MOSSFORMER_PARTS}
+    official = {
+        "encoder": {name: t.detach().clone() for name, t in modules["encoder"].state_dict().items()},
+        "decoder": {name: t.detach().clone() for name, t in modules["decoder"].state_dict().items()},
+        "masknet": {},
+    }
+    for name, tensor in modules["masknet"].state_dict().items():
+        if name == _MOSSFORMER_OUR_ROTARY:
+            # One tensor written under every block's name, as the reference shares it.
+            shared = tensor.detach().clone()
+            for i in range(len(modules["masknet"].blocks)):
+                official["masknet"][f"{_MOSSFORMER_BLOCK.format(i=i)}rotary_pos_emb.freqs"] = shared
+            continue
+        official_name = _rename(name, _MOSSFORMER_TO_OFFICIAL)
+        if official_name is None:
+            raise KeyError(f"no official name for MossFormer masknet tensor {name!r}")
+        official["masknet"][official_name] = tensor.detach().clone()
+
+    if directory is not None:
+        import json
+
+        os.makedirs(directory, exist_ok=True)
+        for part, state in official.items():
+            torch.save(state, os.path.join(directory, f"{part}.bin"))
+        config = getattr(model, "config", None)
+        if config is not None:
+            configuration = {
+                "framework": "pytorch",
+                "task": "speech-separation",
+                "model": {"type": "speech_mossformer_separation_temporal_8k", **config},
+            }
+            with open(os.path.join(directory, "configuration.json"), "w", encoding="utf-8") as file:
+                json.dump(configuration, file, indent=4)
+    return official

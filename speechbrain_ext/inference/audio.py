@@ -1,0 +1,297 @@
+"""Streaming audio input/output for inference on files of any length, rate and channel count.
+
+Files are read block by block, mixed down (or kept per channel), resampled to the model rate
+with a streaming resampler that reproduces whole-signal resampling, and written block by block
+to a temporary file that is renamed into place only when everything succeeded. Memory therefore
+stays bounded however long the file is, and a failure never leaves a half-written output.
+
+Authors: speechbrain-ext contributors
+"""
+
+import math
+import os
+import tempfile
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+#: Loudness the official pipelines normalise input to before the model (dB re full scale).
+REFERENCE_LEVEL_DB = -25.0
+
+
+class AudioInputError(ValueError):
+    """An input that cannot be processed; the message says why, in one sentence."""
+
+
+def audio_info(path):
+    """Validated ``soundfile`` info of an audio file, or :class:`AudioInputError`.
+
+    Example
+    -------
+    >>> audio_info("/nonexistent.wav")
+    Traceback (most recent call last):
+    ...
+    speechbrain_ext.inference.audio.AudioInputError: /nonexistent.wav: no such file
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioInputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise AudioInputError(f"{path}: is a directory, not an audio file")
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioInputError(f"{path}: not a readable audio file ({str(error).splitlines()[0]})") from None
+    if info.frames == 0:
+        raise AudioInputError(f"{path}: the file holds no samples")
+    return info
+
+
+def resampled_length(num_samples, orig_rate, new_rate):
+    """Samples after resampling ``num_samples`` from ``orig_rate`` to ``new_rate`` (torchaudio's rule)."""
+    g = math.gcd(orig_rate, new_rate)
+    return math.ceil((new_rate // g) * num_samples / (orig_rate // g))
+
+
+class StreamResampler:
+    """Resample a signal fed in blocks; the output equals resampling the whole signal at once.
+
+    torchaudio's sinc resampler computes each group of ``new/gcd`` output samples from a window
+    of input samples around ``orig/gcd`` input samples. Keeping ``width`` samples of context on
+    both sides of the block being resampled therefore gives the same numbers as the one-shot
+    ``torchaudio.functional.resample`` (same kernel, same arithmetic).
+
+    Arguments
+    ---------
+    orig_rate, new_rate : int
+        Input and output sample rates.
+
+    Example
+    -------
+    >>> signal = torch.randn(2, 44100)
+    >>> resampler = StreamResampler(44100, 16000)
+    >>> blocks = [resampler.push(block) for block in signal.split(5000, dim=-1)] + [resampler.flush()]
+    >>> whole = torchaudio.functional.resample(signal, 44100, 16000)
+    >>> bool((torch.cat(blocks, dim=-1) - whole).abs().max() < 1e-4)  # float32 rounding only
+    True
+    """
+
+    def __init__(self, orig_rate, new_rate):
+        self.identity = orig_rate == new_rate
+        g = math.gcd(orig_rate, new_rate)
+        self.orig, self.new = orig_rate // g, new_rate // g
+        self.orig_rate, self.new_rate = orig_rate, new_rate
+        self.buffer = None
+        self.channels = 1
+        self.seen = 0
+        self.emitted = 0
+        if not self.identity:
+            resampler = torchaudio.transforms.Resample(orig_rate, new_rate)
+            self.kernel, self.width = resampler.kernel, resampler.width
+
+    def _resample_blocks(self, blocks):
+        """Resample the first ``blocks`` groups held in the buffer and drop their input."""
+        span = blocks * self.orig + 2 * self.width
+        segment = self.buffer[:, :span]
+        out = torch.nn.functional.conv1d(segment[:, None], self.kernel, stride=self.orig)
+        self.buffer = self.buffer[:, blocks * self.orig :]
+        return out.transpose(1, 2).reshape(segment.shape[0], -1)
+
+    def push(self, block):
+        """Feed ``block`` [C, n]; returns the output samples that are now final, [C, m]."""
+        self.seen += block.shape[-1]
+        self.channels = block.shape[0]
+        if self.identity:
+            return block
+        if self.buffer is None:  # the signal starts with `width` zeros of context, as one-shot does
+            self.buffer = block.new_zeros(block.shape[0], self.width)
+        self.buffer = torch.cat([self.buffer, block], dim=-1)
+        blocks = (self.buffer.shape[-1] - 2 * self.width) // self.orig
+        if blocks <= 0:
+            return block.new_zeros(block.shape[0], 0)
+        out = self._resample_blocks(blocks)
+        self.emitted += out.shape[-1]
+        return out
+
+    def flush(self):
+        """Finish the signal (zero context at its end); returns the remaining output."""
+        if self.identity or self.buffer is None:
+            return torch.zeros(self.channels, 0)
+        self.buffer = torch.cat([self.buffer, self.buffer.new_zeros(self.buffer.shape[0], self.width + self.orig)], -1)
+        blocks = (self.buffer.shape[-1] - 2 * self.width) // self.orig
+        out = self._resample_blocks(blocks) if blocks > 0 else self.buffer[:, :0]
+        total = resampled_length(self.seen, self.orig_rate, self.new_rate)
+        out = out[:, : max(0, total - self.emitted)]
+        self.emitted += out.shape[-1]
+        return out
+
+
+class AudioReader:
+    """Read an audio file block by block as float32 ``[channels, n]`` at a target sample rate.
+
+    Arguments
+    ---------
+    path : str
+        Audio file (anything libsndfile reads: WAV, FLAC, OGG, ...; integer or float samples).
+    target_rate : int
+        Rate of the returned blocks.
+    channels : str or int
+        ``'mix'`` (average all channels to one), ``'all'`` (keep every channel), or a channel index.
+    block_seconds : float
+        Approximate duration read from the file at once.
+
+    Example
+    -------
+    >>> import tempfile, soundfile
+    >>> path = tempfile.mktemp(suffix=".wav")
+    >>> soundfile.write(path, np.zeros((8000, 2), dtype=np.float32), 8000)
+    >>> reader = AudioReader(path, 16000, channels="mix")
+    >>> reader.num_channels, reader.num_samples
+    (1, 16000)
+    >>> sum(block.shape[-1] for block in reader)
+    16000
+    """
+
+    def __init__(self, path, target_rate, channels="mix", block_seconds=10.0):
+        self.path = os.fspath(path)
+        self.info = audio_info(self.path)
+        if not (channels in ("mix", "all") or (isinstance(channels, int) and 0 <= channels < self.info.channels)):
+            raise AudioInputError(
+                f"{self.path}: channel selection {channels!r} is not 'mix', 'all' or a channel index "
+                f"below {self.info.channels}"
+            )
+        self.channels = channels
+        self.target_rate = target_rate
+        self.sample_rate = self.info.samplerate
+        self.block_frames = max(1, int(block_seconds * self.sample_rate))
+        self.num_channels = self.info.channels if channels == "all" else 1
+        self.num_samples = resampled_length(self.info.frames, self.sample_rate, target_rate)
+
+    def _select(self, block):
+        if self.channels == "mix":
+            return block.mean(axis=1, keepdims=True)
+        if self.channels == "all":
+            return block
+        return block[:, self.channels : self.channels + 1]
+
+    def __iter__(self):
+        resampler = StreamResampler(self.sample_rate, self.target_rate)
+        try:
+            blocks = sf.blocks(self.path, blocksize=self.block_frames, dtype="float32", always_2d=True)
+            for position, block in enumerate(blocks):
+                if not np.isfinite(block).all():
+                    second = position * self.block_frames / self.sample_rate
+                    raise AudioInputError(f"{self.path}: NaN or infinite samples (after {second:.1f} s)")
+                out = resampler.push(torch.from_numpy(np.ascontiguousarray(self._select(block).T)))
+                if out.shape[-1]:
+                    yield out
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise AudioInputError(f"{self.path}: reading failed ({str(error).splitlines()[0]})") from None
+        tail = resampler.flush()
+        if tail.shape[-1]:
+            yield tail
+
+
+def read_audio(path, target_rate, channels="mix"):
+    """Read a whole file as ``[channels, n]`` at ``target_rate`` (see :class:`AudioReader`)."""
+    reader = AudioReader(path, target_rate, channels)
+    blocks = list(reader)
+    return torch.cat(blocks, dim=-1) if blocks else torch.zeros(reader.num_channels, 0)
+
+
+def level_scale(signal, target_db=REFERENCE_LEVEL_DB):
+    """Gain that brings ``signal`` to the official pipelines' input level.
+
+    The official pipelines scale the input so that the RMS of its louder part (the samples
+    whose power is above the mean power) is ``target_db`` dB re full scale. Returns 1 for silence.
+
+    Arguments
+    ---------
+    signal : torch.Tensor
+        Any shape; all samples count.
+
+    Example
+    -------
+    >>> x = 0.5 * torch.ones(100)
+    >>> round(20 * math.log10(float(level_scale(x) * 0.5)), 3)
+    -25.0
+    """
+    power = signal.double() ** 2
+    loud = power[power >= power.mean()]
+    rms = loud.mean().sqrt() if loud.numel() else power.new_zeros(())
+    if rms <= 0:
+        return torch.ones((), dtype=signal.dtype)
+    return (10 ** (target_db / 20) / rms).to(signal.dtype)
+
+
+class AtomicAudioWriter:
+    """Write audio block by block to a temporary file, renamed to ``path`` only on success.
+
+    A failure (an exception inside the ``with`` block) removes the temporary file, so no
+    half-written output is ever left under the final name. Float samples are clipped to
+    [-1, 1] for integer subtypes (no int16 wrap-around); ``clipped`` counts clipped samples.
+
+    Arguments
+    ---------
+    path : str
+        Final output path; parent folders are created.
+    sample_rate : int
+    channels : int
+    subtype : str
+        A soundfile subtype: ``'PCM_16'`` (default, clipped), ``'PCM_24'``, ``'FLOAT'`` (no clipping).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "out.wav")
+    >>> with AtomicAudioWriter(path, 16000, 1) as writer:
+    ...     writer.write(np.full((100, 1), 2.0, dtype=np.float32))
+    >>> writer.clipped, float(sf.read(path)[0].max())
+    (100, 0.999969482421875)
+    """
+
+    def __init__(self, path, sample_rate, channels, subtype="PCM_16"):
+        self.path = os.fspath(path)
+        self.sample_rate, self.channels, self.subtype = sample_rate, channels, subtype
+        self.clipped = 0
+        self._file = None
+
+    def __enter__(self):
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        handle, self._tmp = tempfile.mkstemp(prefix=".partial-", suffix=os.path.splitext(self.path)[1] or ".wav",
+                                             dir=folder)
+        os.close(handle)
+        self._file = sf.SoundFile(self._tmp, "w", self.sample_rate, self.channels, self.subtype,
+                                  format=_format_for(self.path))
+        return self
+
+    def write(self, block):
+        """Append ``block`` [n, channels] (numpy or torch, float)."""
+        if torch.is_tensor(block):
+            block = block.detach().cpu().numpy()
+        block = np.asarray(block, dtype=np.float32)
+        if block.size == 0:
+            return
+        if self.subtype not in ("FLOAT", "DOUBLE"):
+            over = np.abs(block) > 1.0
+            if over.any():
+                self.clipped += int(over.sum())
+                block = np.clip(block, -1.0, 1.0)
+        self._file.write(block)
+
+    def __exit__(self, error_type, error, traceback):
+        self._file.close()
+        if error_type is None:
+            os.replace(self._tmp, self.path)
+        elif os.path.exists(self._tmp):
+            os.remove(self._tmp)
+        return False
+
+
+def _format_for(path):
+    """libsndfile container format from the file extension (WAV when unknown)."""
+    extension = os.path.splitext(path)[1].lstrip(".").upper()
+    return extension if extension in sf.available_formats() else "WAV"

@@ -1,0 +1,214 @@
+"""Ready-to-use FRCRN speech enhancement.
+
+Authors: speechbrain-ext contributors
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+from speechbrain.inference.interfaces import Pretrained
+
+from speechbrain_ext.inference.audio import AtomicAudioWriter, AudioInputError, AudioReader, StreamResampler, level_scale
+from speechbrain_ext.inference.chunking import chunked_inference
+from speechbrain_ext.inference.sources import OfficialSourceMixin
+
+
+def as_float_waveform(wavs):
+    """Float32 view of a waveform batch; integer PCM is scaled to [-1, 1).
+
+    Example
+    -------
+    >>> as_float_waveform(torch.tensor([16384, -32768], dtype=torch.int16)).tolist()
+    [0.5, -1.0]
+    """
+    if wavs.dtype == torch.int16:
+        return wavs.float() / 32768
+    if wavs.dtype == torch.int32:
+        return wavs.float() / 2**31
+    if wavs.dtype == torch.uint8:
+        return (wavs.float() - 128) / 128
+    if not wavs.is_floating_point():
+        raise TypeError(f"unsupported waveform dtype {wavs.dtype}")
+    return wavs.float()
+
+
+def valid_lengths(wavs, lengths):
+    """Absolute lengths from SpeechBrain's relative ``lengths`` (None: all full)."""
+    total = wavs.shape[-1]
+    if lengths is None:
+        return [total] * wavs.shape[0]
+    return [int(round(float(rel) * total)) for rel in lengths]
+
+
+class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
+    """A ready-to-use FRCRN noise suppressor (16 kHz), in the style of ``SpectralMaskEnhancement``.
+
+    Load it from a SpeechBrain-format model directory or Hugging Face repo, or straight from the
+    official weights (``alibabasglab/FRCRN_SE_16K`` on Hugging Face, the ModelScope ids
+    ``damo/speech_frcrn_ans_cirm_16k`` / ``iic/speech_frcrn_ans_cirm_16k``, or a local folder
+    holding an official checkpoint), which are converted on load.
+
+    Input is brought to the level the official model was trained at (as the official pipeline
+    does) and the output is scaled back to the input's level; set ``normalize=False`` in the
+    hparams (or the attribute) to feed the model as is.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.frcrn import FRCRN
+    >>> model = FRCRN(channels=8, fsmn_hidden=8)
+    >>> enhancer = EnhanceFRCRN(modules={"model": model}, hparams={"sample_rate": 16000})
+    >>> enhancer.enhance_batch(torch.randn(2, 16000) * 0.1).shape
+    torch.Size([2, 16000])
+    """
+
+    MODULES_NEEDED = ["model"]
+    HPARAMS_NEEDED = ["sample_rate"]
+    CARD = "frcrn-16k"
+
+    @classmethod
+    def _load_official(cls, hparams, folder):
+        from speechbrain_ext.convert import load_frcrn_official
+
+        load_frcrn_official(hparams["model"], folder)
+
+    @property
+    def sample_rate(self):
+        return self.hparams.sample_rate
+
+    @property
+    def normalize(self):
+        return getattr(self.hparams, "normalize", True)
+
+    def _model_length(self, length):
+        """Smallest length >= ``length`` made of whole frames (the model drops a partial frame)."""
+        model = self.mods.model
+        if length < model.win_len:
+            raise AudioInputError(
+                f"input of {length} samples is shorter than one FRCRN frame ({model.win_len} samples, "
+                f"{1000 * model.win_len / self.sample_rate:.0f} ms at {self.sample_rate} Hz)"
+            )
+        extra = (length - model.win_len) % model.win_inc
+        return length if extra == 0 else length + model.win_inc - extra
+
+    def _enhance_equal(self, noisy, scale=None):
+        """Enhance items of equal length ``[B, T]``; ``scale`` per item (default: level-based)."""
+        if not torch.isfinite(noisy).all():
+            raise AudioInputError("input holds NaN or infinite samples")
+        if scale is None:
+            scale = torch.stack([level_scale(item) for item in noisy]) if self.normalize else noisy.new_ones(len(noisy))
+        scale = scale.to(noisy).view(-1, 1)
+        length = noisy.shape[-1]
+        padded = F.pad(noisy * scale, (0, self._model_length(length) - length))
+        with torch.no_grad():
+            enhanced = self.mods.model(padded.to(self.device))[:, :length]
+        return enhanced / scale.to(enhanced.device)
+
+    def enhance_batch(self, noisy, lengths=None):
+        """Enhance a batch of noisy waveforms.
+
+        Arguments
+        ---------
+        noisy : torch.Tensor
+            ``[B, T]`` (or ``[T]``) waveforms at the model's sample rate, float or integer PCM.
+        lengths : torch.Tensor, optional
+            Relative lengths in [0, 1] as in SpeechBrain; padded items are enhanced exactly as
+            if they were alone (FRCRN's attention pools over the whole utterance, so items of
+            different lengths are run separately), and their padding comes back as zeros.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, T]`` enhanced waveforms, on the model's device.
+        """
+        single = noisy.dim() == 1
+        noisy = as_float_waveform(noisy[None] if single else noisy)
+        sizes = valid_lengths(noisy, lengths)
+        if all(size == noisy.shape[-1] for size in sizes):
+            enhanced = self._enhance_equal(noisy)
+        else:
+            enhanced = torch.zeros(noisy.shape, device=self.device)
+            for index, size in enumerate(sizes):
+                enhanced[index, :size] = self._enhance_equal(noisy[index : index + 1, :size])[0]
+        return enhanced[0] if single else enhanced
+
+    def _file_scale(self, reader):
+        """Per-channel level gain over a whole file, computed in two streaming passes."""
+        if not self.normalize:
+            return torch.ones(reader.num_channels)
+        total = torch.zeros(reader.num_channels, dtype=torch.float64)
+        for block in reader:
+            total += (block.double() ** 2).sum(dim=1)
+        mean_power = total / reader.num_samples
+        loud_sum = torch.zeros_like(total)
+        loud_count = torch.zeros_like(total)
+        for block in reader:
+            power = block.double() ** 2
+            loud = power >= mean_power[:, None]
+            loud_sum += (power * loud).sum(dim=1)
+            loud_count += loud.sum(dim=1)
+        rms = (loud_sum / loud_count.clamp(min=1)).sqrt()
+        return torch.where(rms > 0, 10 ** (-25 / 20) / rms, torch.ones_like(rms)).float()
+
+    def enhance_file(self, filename, output_filename=None, chunk_seconds=30.0, overlap_seconds=1.0,
+                     batch_size=1, channels="mix", output_rate=None, subtype="PCM_16"):
+        """Enhance an audio file of any length, sample rate and channel count.
+
+        Arguments
+        ---------
+        filename : str
+            Input audio file.
+        output_filename : str, optional
+            Where to write the result. The file is written block by block to a temporary name
+            and renamed when complete, so memory stays bounded and no partial file is left.
+        chunk_seconds : float or None
+            Length of the chunks the model sees (``None``: the whole file at once).
+        overlap_seconds : float
+            Overlap of consecutive chunks, cross-faded.
+        batch_size : int
+            Chunks per forward pass.
+        channels : str or int
+            ``'mix'`` (default: average the channels), ``'all'`` (enhance each channel), or an index.
+        output_rate : int, optional
+            Sample rate of the output; the model's (16 kHz) by default, ``'input'`` for the input's.
+        subtype : str
+            Output sample format: ``'PCM_16'`` (clipped to full scale, never wrapped) or ``'FLOAT'``.
+
+        Returns
+        -------
+        torch.Tensor or dict
+            Without ``output_filename``: the enhanced waveform ``[T]`` (``[C, T]`` for ``'all'``).
+            With it: ``{"path", "seconds", "sample_rate", "clipped_samples"}``.
+        """
+        reader = AudioReader(filename, self.sample_rate, channels)
+        self._model_length(reader.num_samples)  # rejects inputs shorter than one frame early
+        scale = self._file_scale(reader)
+        channel_scale = scale.repeat(max(1, batch_size))
+
+        def process(batch):  # [chunks * channels, L], channel-major within each chunk
+            return self._enhance_equal(batch, channel_scale[: len(batch)]).cpu()
+
+        chunk = None if not chunk_seconds else int(chunk_seconds * self.sample_rate)
+        overlap = int(overlap_seconds * self.sample_rate)
+        guard = self.mods.model.win_len
+        blocks = chunked_inference(iter(reader), reader.num_samples, process, chunk, overlap, batch_size, guard)
+        if output_filename is None:
+            enhanced = torch.cat(list(blocks), dim=1)
+            return enhanced[0] if channels != "all" else enhanced
+
+        rate = reader.sample_rate if output_rate == "input" else (output_rate or self.sample_rate)
+        resampler = StreamResampler(self.sample_rate, rate)
+        with AtomicAudioWriter(output_filename, rate, reader.num_channels, subtype) as writer:
+            for block in blocks:
+                writer.write(resampler.push(block).T)
+            writer.write(resampler.flush().T)
+        return {
+            "path": os.fspath(output_filename),
+            "seconds": reader.num_samples / self.sample_rate,
+            "sample_rate": rate,
+            "clipped_samples": writer.clipped,
+        }
+
+    def forward(self, noisy, lengths=None):
+        """Enhance a batch (see :meth:`enhance_batch`)."""
+        return self.enhance_batch(noisy, lengths)
