@@ -29,7 +29,9 @@ def randomize_(module, seed):
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            scale = param.std() if param.numel() > 1 else torch.tensor(1.0)
+            # Constant tensors (norm gains, zero biases) get perturbed too, on a unit scale.
+            std = param.std() if param.numel() > 1 else torch.tensor(0.0)
+            scale = std if std > 0 else torch.tensor(1.0)
             param.add_(0.1 * scale * torch.randn(param.shape, generator=generator))
         for sub in module.modules():
             if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
@@ -50,3 +52,25 @@ def make_reference_frcrn(seed=0):
 @pytest.fixture(scope="session")
 def reference_frcrn():
     return make_reference_frcrn(seed=0)
+
+
+OFFICIAL_MOSSFORMER_KWARGS = dict(
+    num_spks=2, kernel_size=16, in_channels=512, out_channels=512, stride=8, bias=False,
+    num_blocks=24, d_model=512, attn_dropout=0.1, group_size=256, query_key_dim=128,
+    expansion_factor=4.0, causal=False, norm="ln",
+)
+
+
+def make_reference_mossformer(directory, seed=0, **overrides):
+    """The reference MossFormer with seeded random weights (eval mode), saved in ModelScope's
+    three-file layout (encoder.bin, masknet.bin, decoder.bin) under ``directory``."""
+    import os
+
+    from modelscope.models.audio.separation.mossformer import MossFormer as ReferenceMossFormer
+
+    torch.manual_seed(seed)
+    model = randomize_(ReferenceMossFormer(str(directory), **{**OFFICIAL_MOSSFORMER_KWARGS, **overrides}), seed)
+    os.makedirs(directory, exist_ok=True)
+    for filename, module in model.as_dict().items():
+        torch.save(module.state_dict(), os.path.join(directory, f"{filename}.bin"))
+    return model.eval()

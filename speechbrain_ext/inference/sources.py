@@ -90,7 +90,14 @@ def download_official(repo_id, revision=None):
             f"{repo_id} is hosted on ModelScope: install its hub client (`pip install modelscope`) "
             "to download it, or pass a local folder holding the downloaded files"
         ) from None
-    return snapshot_download(repo_id, revision=revision)
+    try:  # the local cache first: no network access when the files are already there
+        return snapshot_download(repo_id, revision=revision, local_files_only=True)
+    except Exception:
+        pass
+    try:
+        return snapshot_download(repo_id, revision=revision)
+    except Exception as error:
+        raise SourceError(f"could not download {repo_id} from ModelScope: {str(error).splitlines()[0]}") from None
 
 
 def official_folder(source, card, revision=None):
