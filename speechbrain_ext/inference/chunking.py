@@ -35,6 +35,23 @@ def chunk_starts(total, chunk, overlap):
     return starts + [total - chunk]
 
 
+def chunk_lengths(chunk_seconds, overlap_seconds, default_overlap, sample_rate):
+    """Chunk and overlap in samples; ``chunk_seconds`` falsy means whole signal (``None``).
+
+    Without an explicit overlap, ``default_overlap`` seconds are used, capped at a quarter chunk.
+
+    Example
+    -------
+    >>> chunk_lengths(30, None, 1.0, 16000), chunk_lengths(2, None, 1.0, 16000), chunk_lengths(0, None, 1.0, 16000)
+    ((480000, 16000), (32000, 8000), (None, 0))
+    """
+    if not chunk_seconds:
+        return None, 0
+    if overlap_seconds is None:
+        overlap_seconds = min(default_overlap, chunk_seconds / 4)
+    return int(chunk_seconds * sample_rate), int(overlap_seconds * sample_rate)
+
+
 def best_permutation(reference, candidate):
     """Order of ``candidate``'s sources that best matches ``reference`` (max total correlation).
 
@@ -108,9 +125,12 @@ class OverlapStitcher:
         if self.pending is None:
             self.pending, self.pending_start = output, start
             return output[:, :0]
+        if start < self.pending_start:
+            # The end-aligned last chunk can reach back into samples already emitted: skip them.
+            output, start = output[:, self.pending_start - start :], self.pending_start
         pending_end = self.pending_start + self.pending.shape[1]
         overlap = pending_end - start
-        if overlap < 0 or start < self.pending_start:
+        if overlap < 0:
             raise ValueError("chunks must be added in order and overlap or touch")
         before = self.pending[:, : start - self.pending_start]
         old, new = self.pending[:, start - self.pending_start :], output[:, :overlap]

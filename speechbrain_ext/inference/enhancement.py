@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_ext.inference.audio import AtomicAudioWriter, AudioInputError, AudioReader, StreamResampler, level_scale
-from speechbrain_ext.inference.chunking import chunked_inference
+from speechbrain_ext.inference.chunking import chunk_lengths, chunked_inference
 from speechbrain_ext.inference.sources import OfficialSourceMixin
 
 
@@ -150,7 +150,7 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
         rms = (loud_sum / loud_count.clamp(min=1)).sqrt()
         return torch.where(rms > 0, 10 ** (-25 / 20) / rms, torch.ones_like(rms)).float()
 
-    def enhance_file(self, filename, output_filename=None, chunk_seconds=30.0, overlap_seconds=1.0,
+    def enhance_file(self, filename, output_filename=None, chunk_seconds=30.0, overlap_seconds=None,
                      batch_size=1, channels="mix", output_rate=None, subtype="PCM_16"):
         """Enhance an audio file of any length, sample rate and channel count.
 
@@ -163,8 +163,8 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
             and renamed when complete, so memory stays bounded and no partial file is left.
         chunk_seconds : float or None
             Length of the chunks the model sees (``None``: the whole file at once).
-        overlap_seconds : float
-            Overlap of consecutive chunks, cross-faded.
+        overlap_seconds : float, optional
+            Overlap of consecutive chunks, cross-faded (default: 1 s, at most a quarter chunk).
         batch_size : int
             Chunks per forward pass.
         channels : str or int
@@ -188,8 +188,7 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
         def process(batch):  # [chunks * channels, L], channel-major within each chunk
             return self._enhance_equal(batch, channel_scale[: len(batch)]).cpu()
 
-        chunk = None if not chunk_seconds else int(chunk_seconds * self.sample_rate)
-        overlap = int(overlap_seconds * self.sample_rate)
+        chunk, overlap = chunk_lengths(chunk_seconds, overlap_seconds, 1.0, self.sample_rate)
         guard = self.mods.model.win_len
         blocks = chunked_inference(iter(reader), reader.num_samples, process, chunk, overlap, batch_size, guard)
         if output_filename is None:

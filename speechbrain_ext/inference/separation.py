@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_ext.inference.audio import AtomicAudioWriter, AudioInputError, AudioReader, StreamResampler
-from speechbrain_ext.inference.chunking import chunked_inference
+from speechbrain_ext.inference.chunking import chunk_lengths, chunked_inference
 from speechbrain_ext.inference.enhancement import as_float_waveform
 from speechbrain_ext.inference.sources import OfficialSourceMixin
 
@@ -87,8 +87,7 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         return sources[0] if single else sources
 
     def _separate_stream(self, reader, chunk_seconds, overlap_seconds, batch_size):
-        chunk = None if not chunk_seconds else int(chunk_seconds * self.sample_rate)
-        overlap = int(overlap_seconds * self.sample_rate)
+        chunk, overlap = chunk_lengths(chunk_seconds, overlap_seconds, 2.0, self.sample_rate)
 
         def process(batch):
             return self.separate_batch(batch).cpu()
@@ -96,7 +95,7 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         return chunked_inference(iter(reader), reader.num_samples, process, chunk, overlap, batch_size,
                                  guard=int(0.01 * self.sample_rate), align_sources=True)
 
-    def separate_file(self, path, savedir=None, chunk_seconds=30.0, overlap_seconds=2.0, batch_size=1,
+    def separate_file(self, path, savedir=None, chunk_seconds=30.0, overlap_seconds=None, batch_size=1,
                       channels="mix", output_rate=None, subtype="PCM_16"):
         """Separate the speakers of an audio file of any length, sample rate and channel count.
 
@@ -114,8 +113,9 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         chunk_seconds : float or None
             Chunk length (``None``: the whole file at once; MossFormer's attention then grows
             with the square of the length inside each 256-frame group, linearly across groups).
-        overlap_seconds : float
-            Overlap between chunks, used to align and cross-fade them.
+        overlap_seconds : float, optional
+            Overlap between chunks, used to align and cross-fade them (default: 2 s, at most a
+            quarter chunk).
         batch_size : int
             Chunks per forward pass.
         channels : str or int

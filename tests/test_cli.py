@@ -1,0 +1,121 @@
+"""The enhance / separate commands on folders: recursion, resume, summary, bad files."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechbrain_ext.lobes.models.frcrn import FRCRN
+from speechbrain_ext.lobes.models.mossformer import MossFormer
+from speechbrain_ext.testing.audio import speech_like, two_speaker_mixture
+
+CLI = os.path.join(os.path.dirname(sys.executable), "speechbrain-ext")
+
+SMALL_FRCRN_CARD = """
+sample_rate: 16000
+model: !new:speechbrain_ext.lobes.models.frcrn.FRCRN
+    channels: 8
+    fsmn_hidden: 8
+modules:
+    model: !ref <model>
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        model: !ref <model>
+"""
+
+SMALL_MOSSFORMER_CARD = """
+sample_rate: 8000
+num_spks: 2
+encoder: !new:speechbrain_ext.lobes.models.mossformer.MossFormerEncoder
+    out_channels: 32
+masknet: !new:speechbrain_ext.lobes.models.mossformer.MossFormerMaskNet
+    in_channels: 32
+    out_channels: 32
+    num_blocks: 1
+    group_size: 16
+    query_key_dim: 16
+decoder: !new:speechbrain_ext.lobes.models.mossformer.MossFormerDecoder
+    in_channels: 32
+modules:
+    encoder: !ref <encoder>
+    masknet: !ref <masknet>
+    decoder: !ref <decoder>
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        encoder: !ref <encoder>
+        masknet: !ref <masknet>
+        decoder: !ref <decoder>
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Small SpeechBrain-format model folders (random weights) for both tasks."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    frcrn = root / "frcrn"
+    frcrn.mkdir()
+    (frcrn / "hyperparams.yaml").write_text(SMALL_FRCRN_CARD)
+    torch.save(FRCRN(channels=8, fsmn_hidden=8).state_dict(), frcrn / "model.ckpt")
+    moss = root / "mossformer"
+    moss.mkdir()
+    (moss / "hyperparams.yaml").write_text(SMALL_MOSSFORMER_CARD)
+    model = MossFormer(in_channels=32, out_channels=32, num_blocks=1, d_model=32, group_size=16, query_key_dim=16)
+    for name in ("encoder", "masknet", "decoder"):
+        torch.save(getattr(model, name).state_dict(), moss / f"{name}.ckpt")
+    return {"enhance": frcrn, "separate": moss}
+
+
+def run(*args):
+    return subprocess.run([CLI, *map(str, args), "--quiet"], capture_output=True, text=True)
+
+
+def test_enhance_folder_recursively_resumes_and_reports_failures(models, tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    sf.write(inputs / "a.wav", speech_like(1.0, 16000, seed=1), 16000)
+    sf.write(inputs / "sub" / "b.flac", speech_like(1.5, 22050, seed=2), 22050)
+    (inputs / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    sf.write(inputs / "tiny.wav", np.zeros(100, dtype=np.float32), 16000)
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    out = tmp_path / "out"
+
+    result = run("enhance", inputs, empty_dir, tmp_path / "missing.wav", "-o", out, "--model", models["enhance"])
+    assert result.returncode == 1
+    assert "2 done, 0 skipped (output exists), 4 failed" in result.stdout
+    for reason in ("not a readable audio file", "shorter than one FRCRN frame", "folder holds no audio files",
+                   "no such file or folder"):
+        assert reason in result.stdout, reason
+    assert "Traceback" not in result.stdout + result.stderr
+    written = sorted(os.path.relpath(os.path.join(r, f), out) for r, _, fs in os.walk(out) for f in fs)
+    assert written == ["a.wav", os.path.join("sub", "b.wav")]  # nothing for the failures, no temp files
+    assert sf.info(out / "sub" / "b.wav").samplerate == 16000
+
+    again = run("enhance", inputs / "a.wav", "-o", out, "--model", models["enhance"])
+    assert again.returncode == 0 and "0 done, 1 skipped" in again.stdout
+    forced = run("enhance", inputs / "a.wav", "-o", out, "--model", models["enhance"], "--overwrite",
+                 "--output-rate", "input", "--subtype", "FLOAT", "--chunk-seconds", "0")
+    assert forced.returncode == 0 and "1 done, 0 skipped" in forced.stdout
+    assert sf.info(out / "a.wav").subtype == "FLOAT"
+
+
+def test_separate_writes_one_file_per_speaker(models, tmp_path):
+    mixture, _ = two_speaker_mixture(2.0, 16000, seed=0)
+    sf.write(tmp_path / "mix.wav", mixture, 16000)
+    result = run("separate", tmp_path / "mix.wav", "-o", tmp_path / "out", "--model", models["separate"],
+                 "--chunk-seconds", "0.75", "--batch-size", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for speaker in (1, 2):
+        info = sf.info(tmp_path / "out" / f"mix_spk{speaker}.wav")
+        assert info.samplerate == 8000 and info.frames == 16000
+
+
+def test_unloadable_model_is_one_sentence(tmp_path):
+    result = run("enhance", tmp_path, "-o", tmp_path / "out", "--model", tmp_path / "nothing-here")
+    assert result.returncode != 0
+    assert "cannot load model" in result.stderr and "Traceback" not in result.stderr
