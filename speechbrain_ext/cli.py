@@ -95,12 +95,13 @@ def _process(task, args):
             durations[path] = 0.0  # reported when processed
     channels = args.channels if args.channels in ("mix", "all") else int(args.channels)
     output_rate = args.output_rate if args.output_rate in (None, "input") else int(args.output_rate)
+    options = dict(batch_size=args.batch_size, channels=channels, output_rate=output_rate, subtype=args.subtype)
+    if args.chunk_seconds is not None:  # else the interface's default for its model
+        options["chunk_seconds"] = args.chunk_seconds or None
     done = []
     with tqdm(total=round(sum(durations.values()), 1), unit="s", desc=task, disable=args.quiet) as progress:
         for path, relative, outputs in todo:
             progress.set_postfix_str(os.path.basename(path))
-            options = dict(chunk_seconds=args.chunk_seconds or None, batch_size=args.batch_size,
-                           channels=channels, output_rate=output_rate, subtype=args.subtype)
             try:
                 if task == "enhancement":
                     result = model.enhance_file(path, outputs[0], **options)
@@ -160,8 +161,9 @@ def _add_processing_arguments(parser, task):
     parser.add_argument("-o", "--output-dir", required=True, help="folder for the results (mirrors input folders)")
     _add_model_arguments(parser, DEFAULT_MODELS[task])
     parser.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default: 1)")
-    parser.add_argument("--chunk-seconds", type=float, default=30.0,
-                        help="process long files in chunks of this length; 0 = whole file at once (default: 30)")
+    parser.add_argument("--chunk-seconds", type=float,
+                        help="process long files in chunks of this length; 0 = whole file at once "
+                        "(default: 10 for enhancement, 30 for separation)")
     parser.add_argument("--channels", default="mix",
                         help="'mix' (average channels, default), 'all' (each channel), or a channel index")
     parser.add_argument("--output-rate", help="'input' to write at the input's sample rate, or a rate in Hz "

@@ -1,0 +1,103 @@
+"""Long-file inference: wall time and peak RSS of enhance_file / separate_file vs audio length.
+
+Official-size models with seeded random weights; each run in its own subprocess (peak RSS of
+that process alone). Input files are written block by block, so making a 60 min file needs
+no memory either. Prints a markdown table with the real-time factor (RTF = compute / audio).
+
+Usage: python benchmarks/long_audio.py [--enhance 10 600 3600] [--separate 10 600] [--threads 2]
+Durations are in seconds. Goals: peak RSS at 60 min <= 1.3x the 10 s figure and <= 2.5 GB;
+RTF at 60 min within 1.2x of RTF at 10 min.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import soundfile as sf
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # seeded reference models (conftest)
+
+
+def write_test_file(path, seconds, rate, seed=0):
+    """Speech-like signal plus pink noise, written 10 s at a time."""
+    from speechbrain_ext.testing.audio import mix_at_snr, pink_noise, speech_like, two_speaker_mixture
+
+    block = 10.0
+    with sf.SoundFile(path, "w", rate, 1, "PCM_16") as out:
+        remaining, index = seconds, 0
+        while remaining > 0:
+            length = min(block, remaining)
+            if rate == 16000:
+                clean = speech_like(length, rate, seed=seed + index)
+                audio, _ = mix_at_snr(clean, pink_noise(length, rate, seed=seed + index + 1), 5)
+            else:
+                audio, _ = two_speaker_mixture(length, rate, seed=seed + index)
+            out.write(audio.astype(np.float32))
+            remaining -= length
+            index += 1
+
+
+def _worker(task, model_dir, path, outdir, threads):
+    torch.set_num_threads(threads)
+    from speechbrain_ext.inference import EnhanceFRCRN, SeparateMossFormer
+
+    start = time.perf_counter()
+    if task == "enhance":
+        EnhanceFRCRN.from_hparams(source=model_dir).enhance_file(path, os.path.join(outdir, "out.wav"))
+    else:
+        SeparateMossFormer.from_hparams(source=model_dir).separate_file(path, savedir=outdir)
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"time": elapsed, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--enhance", type=float, nargs="*", default=[10, 600, 3600])
+    parser.add_argument("--separate", type=float, nargs="*", default=[10, 600])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", nargs=4, metavar=("TASK", "MODEL", "INPUT", "OUTDIR"))
+    args = parser.parse_args()
+    if args.worker:
+        return _worker(*args.worker, args.threads)
+
+    from conftest import make_reference_frcrn, make_reference_mossformer
+
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        frcrn_dir = os.path.join(work, "frcrn")
+        os.makedirs(frcrn_dir)
+        torch.save(make_reference_frcrn(seed=0).state_dict(), os.path.join(frcrn_dir, "pytorch_model.bin"))
+        mossformer_dir = os.path.join(work, "mossformer")
+        make_reference_mossformer(mossformer_dir, seed=0)
+        for task, durations, rate, model_dir in (("enhance", args.enhance, 16000, frcrn_dir),
+                                                 ("separate", args.separate, 8000, mossformer_dir)):
+            for seconds in durations:
+                path = os.path.join(work, f"{task}_{seconds:g}.wav")
+                write_test_file(path, seconds, rate)
+                outdir = os.path.join(work, f"out_{task}_{seconds:g}")
+                command = [sys.executable, __file__, "--threads", str(args.threads),
+                           "--worker", task, model_dir, path, outdir]
+                result = subprocess.run(command, capture_output=True, text=True, check=True)
+                stats = json.loads(result.stdout.strip().splitlines()[-1])
+                rows.append(f"| {task} | {seconds / 60:g} min | {stats['time']:.1f} s | "
+                            f"{stats['time'] / seconds:.3f} | {stats['peak_mb']:.0f} MB |")
+                print(rows[-1], flush=True)
+                os.remove(path)
+    print(f"\nOfficial-size models, random weights; {platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {args.threads} threads, default chunking (30 s)\n")
+    print("| task | audio | wall time | RTF | peak RSS |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
