@@ -199,6 +199,12 @@ def build_parser():
     convert.add_argument("-o", "--output-dir", required=True, help="folder to write hyperparams.yaml + *.ckpt to")
     _add_model_arguments(convert, " or ".join(f"{m} ({t})" for t, m in DEFAULT_MODELS.items()))
     convert.set_defaults(run=_run_convert)
+
+    from speechbrain_ext.evaluation import add_evaluate_arguments, run_evaluate
+
+    evaluate = commands.add_parser("evaluate", help="PESQ / STOI / SI-SNR(i) of enhanced files against clean ones")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
     return parser
 
 
