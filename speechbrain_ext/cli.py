@@ -142,10 +142,9 @@ def _run_convert(args):
 
 
 def _run_demo(args):
-    print(
-        "speechbrain-ext demo: not yet available: the FRCRN and MossFormer models are in place, "
-        "the demo weights and bundled examples are still to come (see README)."
-    )
+    from speechbrain_ext.demo import run_demo
+
+    run_demo(args.output_dir)
     return 0
 
 
@@ -184,6 +183,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="enhance and separate the bundled examples offline")
+    demo.add_argument("-o", "--output-dir", default="demo_output", help="where to write (default: demo_output)")
     demo.set_defaults(run=_run_demo)
 
     enhance = commands.add_parser("enhance", help="remove noise from speech files with FRCRN (16 kHz)")
