@@ -28,11 +28,11 @@ EXAMPLE_SEED = 1000  # not a seed the demo models were trained or validated on
 def make_examples(folder=EXAMPLES_DIR):
     """Write the bundled examples: a noisy utterance (16 kHz) and a 2-voice mixture (8 kHz),
     each with its clean reference(s)."""
-    from speechbrain_ext.testing.audio import babble_noise, mix_at_snr, speech_like, two_speaker_mixture
+    from speechbrain_ext.testing.audio import mix_at_snr, pink_noise, speech_like, two_speaker_mixture
 
     os.makedirs(folder, exist_ok=True)
     clean = speech_like(4.0, 16000, seed=EXAMPLE_SEED)
-    noisy, _ = mix_at_snr(clean, babble_noise(4.0, 16000, seed=EXAMPLE_SEED + 1), snr_db=0.0)
+    noisy, _ = mix_at_snr(clean, pink_noise(4.0, 16000, seed=EXAMPLE_SEED + 1), snr_db=0.0)
     sf.write(os.path.join(folder, "noisy.wav"), noisy, 16000, subtype="PCM_16")
     sf.write(os.path.join(folder, "noisy_clean.wav"), clean, 16000, subtype="PCM_16")
     mixture, sources = two_speaker_mixture(4.0, 8000, seed=EXAMPLE_SEED)
