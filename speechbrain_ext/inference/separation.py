@@ -3,6 +3,8 @@
 Authors: speechbrain-ext contributors
 """
 
+import contextlib
+import itertools
 import os
 
 import numpy as np
@@ -150,24 +152,15 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         peaks = np.zeros(num_spks)
         try:
             resamplers = [StreamResampler(self.sample_rate, rate) for _ in range(num_spks)]
-            writers = [AtomicAudioWriter(p, rate, reader.num_channels, "FLOAT").__enter__() for p in staging]
-            try:
-                for block in blocks:  # [C, n, S]
+            with contextlib.ExitStack() as stack:  # a failure removes every staging file
+                writers = [stack.enter_context(AtomicAudioWriter(p, rate, reader.num_channels, "FLOAT"))
+                           for p in staging]
+                for block in itertools.chain(blocks, [None]):  # None: flush the resamplers
                     for s in range(num_spks):
-                        out = resamplers[s].push(block[..., s])
-                        peaks[s] = max(peaks[s], float(out.abs().max()) if out.numel() else 0.0)
+                        out = resamplers[s].flush() if block is None else resamplers[s].push(block[..., s])
+                        if out.numel():
+                            peaks[s] = max(peaks[s], float(out.abs().max()))
                         writers[s].write(out.T)
-                for s in range(num_spks):
-                    out = resamplers[s].flush()
-                    if out.numel():
-                        peaks[s] = max(peaks[s], float(out.abs().max()))
-                    writers[s].write(out.T)
-            except BaseException as error:
-                for writer in writers:
-                    writer.__exit__(type(error), error, None)
-                raise
-            for writer in writers:
-                writer.__exit__(None, None, None)
             for s in range(num_spks):
                 gain = OUTPUT_PEAK / peaks[s] if peaks[s] > 0 else 1.0
                 with AtomicAudioWriter(finals[s], rate, reader.num_channels, subtype) as writer:
