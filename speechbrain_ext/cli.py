@@ -202,7 +202,7 @@ def build_parser():
 
     from speechbrain_ext.evaluation import add_evaluate_arguments, run_evaluate
 
-    evaluate = commands.add_parser("evaluate", help="PESQ / STOI / SI-SNR(i) of enhanced files against clean ones")
+    evaluate = commands.add_parser("evaluate", help="score enhanced (PESQ, STOI, SI-SNR) or separated (SDR, SI-SNR, PIT) files against references")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
     return parser

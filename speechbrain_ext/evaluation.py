@@ -1,6 +1,8 @@
-"""Objective quality of enhanced speech: PESQ, STOI and SI-SNR per file, averages and plots.
+"""Objective quality of enhanced and separated speech: metrics per file, averages and plots.
 
-The metrics of the FRCRN paper's table (and of the DNS-Challenge synthetic test set):
+Two tasks (``--task`` of the ``evaluate`` command): **enhancement** and **separation**.
+
+Enhancement: the metrics of the FRCRN paper's table (and of the DNS-Challenge synthetic test set):
 
 - PESQ-WB and PESQ-NB (ITU-T P.862.2 / P.862 through the ``pesq`` package),
 - STOI (``pystoi``),
@@ -14,6 +16,18 @@ recipes do) and a summary CSV in the paper's layout (rows ``noisy`` / ``enhanced
 optionally a PNG of noisy / enhanced / clean spectrograms. :func:`add_evaluate_arguments` and
 :func:`run_evaluate` expose it as a command (``python -m speechbrain_ext.evaluation`` or the
 ``speechbrain-ext evaluate`` subcommand).
+
+Separation: per mixture, with the estimated sources matched to the references by the
+permutation of best mean SI-SNR (permutation invariant):
+
+- SI-SNR of the estimates and its improvement over the mixture (SI-SNRi),
+- SDR of BSS-eval (``mir_eval.separation.bss_eval_sources``, the implementation SpeechBrain's
+  separation recipes use) and its improvement over the mixture (SDRi),
+
+each the mean over the speakers. :func:`evaluate_separation_folders` matches mixtures, reference
+sources and estimates by file name (``mix/``, ``s1/``, ``s2/``... as in the wsj0-2mix layout) and
+writes the CSV of SpeechBrain's separation recipes (``test_results.csv``: ``snt_id, sdr, sdr_i,
+si-snr, si-snr_i``, then an ``avg`` row).
 
 Bad input (missing or unmatched files, sample rates that differ within a pair, unreadable
 audio, lengths that do not match) raises one :class:`EvaluationError` saying what is wrong.
@@ -29,6 +43,7 @@ Example
 
 import argparse
 import csv
+import itertools
 import logging
 import math
 import os
@@ -46,8 +61,8 @@ from scipy.signal import resample_poly
 
 logger = logging.getLogger(__name__)
 
-# Tasks `run_evaluate` knows; separation (issue 7) adds its own entry here.
-TASKS = ("enhancement",)
+# Tasks `run_evaluate` knows.
+TASKS = ("enhancement", "separation")
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 FILEID_PATTERN = re.compile(r"fileid_(\d+)")
@@ -61,6 +76,10 @@ METRIC_TITLES = {
     "si_snr": "SI-SNR (dB)",
     "si_snr_improvement": "SI-SNRi (dB)",
 }
+
+# Columns of the separation CSV, as in SpeechBrain's separation recipes (test_results.csv).
+SEPARATION_METRICS = ("sdr", "sdr_i", "si-snr", "si-snr_i")
+SEPARATION_TITLES = {"sdr": "SDR (dB)", "sdr_i": "SDRi (dB)", "si-snr": "SI-SNR (dB)", "si-snr_i": "SI-SNRi (dB)"}
 
 # Shorter/longer ratio below which two versions of one utterance are considered different
 # recordings rather than the same one with a few samples of padding or trimming.
@@ -659,6 +678,356 @@ def plot_spectrograms(items, png_path, max_files=3, resample=False):
 
 
 # --------------------------------------------------------------------------------------------
+# Separation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeparationItem:
+    """One mixture to score: its file, the reference sources' files and the estimated sources'
+    files (in any order: the permutation is resolved when scoring)."""
+
+    id: str
+    mixture: str
+    sources: list
+    estimates: list
+
+
+def _as_sources(signals, role):
+    """``signals`` as a float64 ``[speakers, samples]`` array (at least two speakers)."""
+    array = np.asarray(signals, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] < 2:
+        raise ValueError(f"{role} must be [speakers (>= 2), samples], got shape {array.shape}")
+    return array
+
+
+def best_permutation(sources, estimates):
+    """The order of the estimates that maximises the mean SI-SNR against the sources.
+
+    Arguments
+    ---------
+    sources, estimates : numpy.ndarray
+        ``[speakers, samples]`` each.
+
+    Returns
+    -------
+    permutation : tuple of int
+        ``estimates[permutation[i]]`` is the estimate of ``sources[i]`` (ties keep the given order).
+    si_snrs : numpy.ndarray
+        SI-SNR in dB of each source's estimate, in source order.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> sources = rng.standard_normal((2, 1000))
+    >>> permutation, si_snrs = best_permutation(sources, sources[::-1])
+    >>> permutation
+    (1, 0)
+    """
+    sources, estimates = _as_sources(sources, "sources"), _as_sources(estimates, "estimates")
+    if sources.shape != estimates.shape:
+        raise ValueError(f"sources {sources.shape} and estimates {estimates.shape} differ in shape")
+    count = len(sources)
+    # scores[i, j]: SI-SNR of estimate j against source i.
+    scores = np.array([[si_snr(estimate, source) for estimate in estimates] for source in sources])
+    rows = np.arange(count)
+    permutation = max(itertools.permutations(range(count)), key=lambda order: scores[rows, list(order)].sum())
+    return tuple(int(j) for j in permutation), scores[rows, list(permutation)]
+
+
+def bss_eval_sdr(sources, estimates):
+    """BSS-eval SDR in dB of each estimate against the source of the same index.
+
+    Computed by ``mir_eval.separation.bss_eval_sources`` (512-tap distortion filters, as in
+    SpeechBrain's separation recipes) without a permutation search: order the estimates first
+    (:func:`best_permutation`). mir_eval refuses silent (all-zero) signals: their SDR is NaN,
+    with a warning.
+
+    Arguments
+    ---------
+    sources, estimates : numpy.ndarray
+        ``[speakers, samples]`` each.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[speakers]`` SDR in dB.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> sources = rng.standard_normal((2, 4000))
+    >>> estimates = sources + 0.1 * rng.standard_normal((2, 4000))  # noise 20 dB down
+    >>> [round(float(v)) for v in bss_eval_sdr(sources, estimates)]
+    [21, 21]
+    """
+    try:
+        from mir_eval.separation import bss_eval_sources
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ImportError("SDR needs the mir_eval package: pip install mir_eval") from None
+    sources, estimates = _as_sources(sources, "sources"), _as_sources(estimates, "estimates")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # mir_eval 0.8 deprecates its separation module
+        try:
+            sdr, _, _, _ = bss_eval_sources(sources, estimates, compute_permutation=False)
+        except ValueError as error:  # a silent reference or estimate
+            warnings.warn(f"SDR could not be computed: {error}")
+            return np.full(len(sources), np.nan)
+    return np.asarray(sdr, dtype=np.float64)
+
+
+def separation_metrics(mixture, sources, estimates):
+    """SDR, SDRi, SI-SNR and SI-SNRi of one mixture, each the mean over the speakers.
+
+    The estimates may come in any order: they are matched to the sources by the permutation of
+    best mean SI-SNR (:func:`best_permutation`), which the SDR uses too. The improvements are
+    over the unprocessed mixture taken as the estimate of every source, as in SpeechBrain's
+    separation recipes.
+
+    Arguments
+    ---------
+    mixture : numpy.ndarray
+        ``[samples]``.
+    sources, estimates : numpy.ndarray
+        ``[speakers, samples]`` each, same length as the mixture.
+
+    Returns
+    -------
+    dict
+        ``sdr``, ``sdr_i``, ``si-snr``, ``si-snr_i`` (dB) and ``permutation`` (see
+        :func:`best_permutation`).
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> sources = rng.standard_normal((2, 4000))
+    >>> estimates = sources + 0.1 * rng.standard_normal((2, 4000))  # noise 20 dB down
+    >>> metrics = separation_metrics(sources.sum(0), sources, 3.0 * estimates[::-1])
+    >>> metrics["permutation"], round(metrics["si-snr"]), round(metrics["si-snr_i"])
+    ((1, 0), 20, 20)
+    """
+    sources, estimates = _as_sources(sources, "sources"), _as_sources(estimates, "estimates")
+    mixture = np.asarray(mixture, dtype=np.float64)
+    if mixture.shape != sources.shape[1:] or estimates.shape != sources.shape:
+        raise ValueError(
+            f"mixture {mixture.shape}, sources {sources.shape} and estimates {estimates.shape} do not match"
+        )
+    permutation, si_snrs = best_permutation(sources, estimates)
+    mixture_si_snr = np.mean([si_snr(mixture, source) for source in sources])
+    sdr = np.mean(bss_eval_sdr(sources, estimates[list(permutation)]))
+    mixture_sdr = np.mean(bss_eval_sdr(sources, np.repeat(mixture[None], len(sources), axis=0)))
+    return {
+        "sdr": float(sdr),
+        "sdr_i": float(sdr - mixture_sdr),
+        "si-snr": float(np.mean(si_snrs)),
+        "si-snr_i": float(np.mean(si_snrs) - mixture_si_snr),
+        "permutation": permutation,
+    }
+
+
+def match_separation_files(mix_dir, source_dirs, estimate_dirs):
+    """Pair every mixture with its reference sources and estimates, by file name.
+
+    Arguments
+    ---------
+    mix_dir : str
+        Folder of the mixtures (``.wav``, ``.flac``).
+    source_dirs : list of str
+        One folder per speaker (``s1``, ``s2`` [, ``s3``]), files named as the mixtures.
+    estimate_dirs : list of str
+        As many folders of estimated sources, files named as the mixtures, in any speaker order.
+
+    Returns
+    -------
+    list of SeparationItem
+        One per mixture, sorted by name (numbers in numeric order).
+
+    Raises
+    ------
+    EvaluationError
+        If a folder is missing or empty, the folder counts differ, or a mixture lacks a file.
+    """
+    source_dirs, estimate_dirs = list(source_dirs or []), list(estimate_dirs or [])
+    if len(source_dirs) < 2:
+        raise EvaluationError(f"separation needs the folders of at least 2 reference sources, got {len(source_dirs)}")
+    if len(estimate_dirs) != len(source_dirs):
+        raise EvaluationError(
+            f"{len(source_dirs)} reference source folders but {len(estimate_dirs)} estimate folders: "
+            "give one estimate folder per speaker"
+        )
+    roles = {"mixture": mix_dir}
+    roles.update({f"source {i + 1}": folder for i, folder in enumerate(source_dirs)})
+    roles.update({f"estimate {i + 1}": folder for i, folder in enumerate(estimate_dirs)})
+    keyed = {role: _keyed(_audio_files(folder, role), _name_key, role, "name") for role, folder in roles.items()}
+    mixtures = keyed["mixture"]
+    for role, files in keyed.items():
+        missing = set(mixtures) - set(files)
+        if missing:
+            raise EvaluationError(
+                f"{len(missing)} of {len(mixtures)} mixtures have no {role} file with the same name in "
+                f"{roles[role]}: {_examples(missing)}"
+            )
+        extra = set(files) - set(mixtures)
+        if extra:
+            logger.warning("%d %s files have no mixture and are ignored: %s", len(extra), role, _examples(extra))
+    return [
+        SeparationItem(
+            id=key,
+            mixture=mixtures[key],
+            sources=[keyed[f"source {i + 1}"][key] for i in range(len(source_dirs))],
+            estimates=[keyed[f"estimate {i + 1}"][key] for i in range(len(estimate_dirs))],
+        )
+        for key in sorted(mixtures, key=_natural_order)
+    ]
+
+
+def check_separation_item(item, resample=False):
+    """Check from the file headers that a separation item can be scored (files readable, one
+    sample rate unless ``resample``, lengths alike); raises :class:`EvaluationError` otherwise.
+
+    Returns
+    -------
+    int
+        The mixture's sample rate.
+    """
+    mixture_info = _info(item.mixture)
+    durations = []
+    for role, paths in (("mixture", [item.mixture]), ("source", item.sources), ("estimate", item.estimates)):
+        for path in paths:
+            info = _info(path)
+            if info.samplerate != mixture_info.samplerate and not resample:
+                raise EvaluationError(
+                    f"{item.id}: the mixture is at {mixture_info.samplerate} Hz but the {role} file "
+                    f"{path} is at {info.samplerate} Hz; resample it, or pass resample=True (--resample) "
+                    f"to resample to {mixture_info.samplerate} Hz"
+                )
+            durations.append(info.frames / info.samplerate)
+    if min(durations) < MIN_LENGTH_RATIO * max(durations):
+        raise EvaluationError(
+            f"{item.id}: the files differ in length ({min(durations):.2f} s to {max(durations):.2f} s); "
+            "are they the same mixture?"
+        )
+    return int(mixture_info.samplerate)
+
+
+def load_separation_item(item, resample=False):
+    """Read one separation item at the mixture's rate, trimmed to the common length.
+
+    Arguments
+    ---------
+    item : SeparationItem
+    resample : bool
+        Resample files whose rate differs from the mixture's instead of raising an error.
+
+    Returns
+    -------
+    dict
+        ``mixture`` ``[T]``, ``sources`` and ``estimates`` ``[speakers, T]``, ``sample_rate``.
+    """
+    rate = check_separation_item(item, resample)
+    paths = {"mixture": [item.mixture], "sources": item.sources, "estimates": item.estimates}
+    signals = {}
+    for role, role_paths in paths.items():
+        loaded = []
+        for path in role_paths:
+            signal, signal_rate = read_mono(path)
+            loaded.append(_resample(signal, signal_rate, rate))
+        signals[role] = loaded
+    shortest = min(len(signal) for loaded in signals.values() for signal in loaded)
+    return {
+        "mixture": signals["mixture"][0][:shortest],
+        "sources": np.stack([signal[:shortest] for signal in signals["sources"]]),
+        "estimates": np.stack([signal[:shortest] for signal in signals["estimates"]]),
+        "sample_rate": int(rate),
+    }
+
+
+def summarize_separation(rows):
+    """Average of every separation metric over ``rows`` (NaN entries left out):
+    ``{'separated': {metric: mean}}``."""
+    return {"separated": {metric: _nanmean(row[metric] for row in rows) for metric in SEPARATION_METRICS}}
+
+
+def evaluate_separation_items(items, resample=False):
+    """Score every separation item (:func:`separation_metrics`).
+
+    Returns
+    -------
+    EvaluationResult
+        Rows ``{snt_id, sdr, sdr_i, si-snr, si-snr_i}`` and their averages.
+    """
+    if not items:
+        raise EvaluationError("nothing to evaluate: no mixtures")
+    for item in items:  # from the headers: bad input stops before minutes of scoring
+        check_separation_item(item, resample)
+    rows = []
+    for item in items:
+        signals = load_separation_item(item, resample=resample)
+        metrics = separation_metrics(signals["mixture"], signals["sources"], signals["estimates"])
+        rows.append({"snt_id": item.id, **{metric: metrics[metric] for metric in SEPARATION_METRICS}})
+    return EvaluationResult(rows=rows, summary=summarize_separation(rows))
+
+
+def write_separation_csv(rows, csv_path):
+    """Write the per-mixture CSV of SpeechBrain's separation recipes: ``snt_id, sdr, sdr_i,
+    si-snr, si-snr_i``, one row per mixture, then an ``avg`` row (NaN entries left out of it).
+
+    Arguments
+    ---------
+    rows : list of dict
+        Each with ``snt_id`` and the four metrics (other keys are not written).
+    csv_path : str
+
+    Returns
+    -------
+    str
+        ``csv_path``.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    averages = {"snt_id": "avg", **summarize_separation(rows)["separated"]}
+    with open(csv_path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["snt_id", *SEPARATION_METRICS], extrasaction="ignore")
+        writer.writeheader()
+        for row in [*rows, averages]:
+            writer.writerow({key: _formatted(value) for key, value in row.items()})
+    return csv_path
+
+
+def format_separation_summary(summary):
+    """The separation averages as a markdown table.
+
+    Example
+    -------
+    >>> print(format_separation_summary({"separated": {"sdr": 12.0, "sdr_i": 12.1, "si-snr": 11.5, "si-snr_i": 11.6}}))
+    |           | SDR (dB) | SDRi (dB) | SI-SNR (dB) | SI-SNRi (dB) |
+    |-----------|----------|-----------|-------------|--------------|
+    | separated | 12.00    | 12.10     | 11.50       | 11.60        |
+    """
+    header = ["", *(SEPARATION_TITLES[m] for m in SEPARATION_METRICS)]
+    body = [["separated", *(f"{summary['separated'][m]:.2f}" for m in SEPARATION_METRICS)]]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(cells):
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
+
+
+def evaluate_separation_folders(mix_dir, source_dirs, estimate_dirs, csv_path=None, resample=False):
+    """Match (:func:`match_separation_files`), score and write the CSV (:func:`write_separation_csv`).
+
+    Returns
+    -------
+    EvaluationResult
+    """
+    items = match_separation_files(mix_dir, source_dirs, estimate_dirs)
+    result = evaluate_separation_items(items, resample=resample)
+    if csv_path:
+        write_separation_csv(result.rows, csv_path)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
 # The whole job, and the command line
 # --------------------------------------------------------------------------------------------
 
@@ -705,40 +1074,82 @@ def evaluate_folders(
 def add_evaluate_arguments(parser):
     """Declare the ``evaluate`` options on ``parser`` (an ``argparse`` (sub)parser)."""
     parser.add_argument("--task", choices=TASKS, default="enhancement", help="what was produced (default: %(default)s)")
-    parser.add_argument("--clean", required=True, metavar="DIR", help="folder of clean reference files")
-    parser.add_argument("--enhanced", required=True, metavar="DIR", help="folder of enhanced files")
-    parser.add_argument("--noisy", metavar="DIR", help="folder of the noisy inputs (adds the noisy row and SI-SNRi)")
-    parser.add_argument("--csv", metavar="FILE", help="per-file CSV to write; the averages go to FILE_summary.csv")
-    parser.add_argument("--plot", metavar="PNG", help="spectrograms (noisy / enhanced / clean) of a few files")
-    parser.add_argument("--plot_files", type=int, default=3, metavar="N", help="files in the plot (default: %(default)s)")
-    parser.add_argument(
+    enhancement = parser.add_argument_group("enhancement (--task enhancement)")
+    enhancement.add_argument("--clean", metavar="DIR", help="folder of clean reference files (required)")
+    enhancement.add_argument("--enhanced", metavar="DIR", help="folder of enhanced files (required)")
+    enhancement.add_argument("--noisy", metavar="DIR", help="folder of the noisy inputs (adds the noisy row and SI-SNRi)")
+    enhancement.add_argument("--plot", metavar="PNG", help="spectrograms (noisy / enhanced / clean) of a few files")
+    enhancement.add_argument("--plot_files", type=int, default=3, metavar="N", help="files in the plot (default: %(default)s)")
+    enhancement.add_argument(
         "--match", choices=("auto", "name", "fileid"), default="auto",
         help="pair files by name or by DNS 'fileid_N' (default: %(default)s: name if possible, else fileid)",
     )
+    separation = parser.add_argument_group(
+        "separation (--task separation; files are paired by name, e.g. the wsj0-2mix tt/mix, tt/s1, tt/s2)"
+    )
+    separation.add_argument("--mix", metavar="DIR", help="folder of the mixtures (required)")
+    separation.add_argument(
+        "--sources", nargs="+", metavar="DIR", help="folders of the reference sources, one per speaker (required)"
+    )
+    separation.add_argument(
+        "--estimates", nargs="+", metavar="DIR",
+        help="folders of the estimated sources, one per speaker, in any order (required)",
+    )
+    parser.add_argument(
+        "--csv", metavar="FILE",
+        help="per-file CSV to write (enhancement: the averages go to FILE_summary.csv; separation: "
+        "SpeechBrain's test_results.csv layout with an avg row)",
+    )
     parser.add_argument(
         "--resample", action="store_true",
-        help="resample enhanced/noisy files to the clean file's rate instead of stopping with an error",
+        help="resample files whose rate differs from the reference's instead of stopping with an error",
     )
     return parser
 
 
+def _missing_options(args, names):
+    """The ``--options`` among ``names`` that were not given."""
+    return [f"--{name}" for name in names if not getattr(args, name, None)]
+
+
 def run_evaluate(args):
     """Run the ``evaluate`` command for parsed ``args``; prints the table, returns the exit status."""
-    if args.task != "enhancement":
+    required = {"enhancement": ("clean", "enhanced"), "separation": ("mix", "sources", "estimates")}
+    if args.task not in required:
         print(f"evaluate: error: --task {args.task} is not supported", file=sys.stderr)
+        return 2
+    missing = _missing_options(args, required[args.task])
+    if missing:
+        print(f"evaluate: error: --task {args.task} needs {', '.join(missing)}", file=sys.stderr)
+        return 2
+    other_task = "separation" if args.task == "enhancement" else "enhancement"
+    misplaced = [f"--{name}" for name in (*required[other_task], "noisy", "plot") if getattr(args, name, None)]
+    if args.task == "separation" and misplaced:
+        print(f"evaluate: error: {', '.join(misplaced)} are options of --task enhancement", file=sys.stderr)
         return 2
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = evaluate_folders(
-                args.clean, args.enhanced, args.noisy, csv_path=args.csv, plot_path=args.plot,
-                match=args.match, resample=args.resample, plot_files=args.plot_files,
-            )
+            if args.task == "separation":
+                result = evaluate_separation_folders(
+                    args.mix, args.sources, args.estimates, csv_path=args.csv, resample=args.resample
+                )
+            else:
+                result = evaluate_folders(
+                    args.clean, args.enhanced, args.noisy, csv_path=args.csv, plot_path=args.plot,
+                    match=args.match, resample=args.resample, plot_files=args.plot_files,
+                )
     except EvaluationError as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 1
     for warning in {str(w.message) for w in caught}:
         print(f"evaluate: warning: {warning}", file=sys.stderr)
+    if args.task == "separation":
+        print(f"{len(result.rows)} mixtures")
+        print(format_separation_summary(result.summary))
+        if args.csv:
+            print(f"per-mixture metrics and averages: {args.csv}")
+        return 0
     print(f"{len(result.rows)} files")
     print(format_summary(result.summary))
     if args.csv:
@@ -749,10 +1160,13 @@ def run_evaluate(args):
 
 
 def main(argv=None):
-    """``python -m speechbrain_ext.evaluation --clean DIR --enhanced DIR [...]``."""
+    """``python -m speechbrain_ext.evaluation --clean DIR --enhanced DIR [...]`` or
+    ``python -m speechbrain_ext.evaluation --task separation --mix DIR --sources DIR DIR
+    --estimates DIR DIR [...]``."""
     parser = argparse.ArgumentParser(
         prog="python -m speechbrain_ext.evaluation",
-        description="PESQ-WB/NB, STOI and SI-SNR of enhanced speech against clean references.",
+        description="Enhancement: PESQ-WB/NB, STOI and SI-SNR against clean references. Separation: SDR, SDRi, "
+        "SI-SNR and SI-SNRi (permutation invariant) against the reference sources.",
     )
     return run_evaluate(add_evaluate_arguments(parser).parse_args(argv))
 

@@ -189,3 +189,150 @@ def test_resample_option_accepts_other_rates(tmp_path):
     result = evaluate_folders(folders["clean"], folders["enhanced"], resample=True)
     assert result.rows[0]["sample_rate"] == 16000
     assert result.rows[0]["si_snr"] > 5
+
+
+# --------------------------------------------------------------------------------------------
+# Separation
+# --------------------------------------------------------------------------------------------
+
+
+def orthogonal_signals(count=4, length=8000, scale=3.0, seed=0):
+    """``count`` zero-mean, mutually orthogonal signals of equal energy (Gram-Schmidt)."""
+    raw = np.random.default_rng(seed).standard_normal((count, length))
+    raw -= raw.mean(axis=1, keepdims=True)
+    basis, _ = np.linalg.qr(raw.T)
+    return scale * np.sqrt(length) * basis.T  # rows: orthogonal, zero mean, power scale**2
+
+
+def test_separation_metrics_on_known_answers():
+    s1, s2, n1, n2 = orthogonal_signals()
+    sources = np.stack([s1, s2])
+    mixture = s1 + s2
+    # The mixture's SI-SNR against either (orthogonal, equal-power) source is exactly 0 dB.
+    assert si_snr(mixture, s1) == pytest.approx(0.0, abs=1e-9)
+
+    perfect = evaluation.separation_metrics(mixture, sources, sources)
+    assert perfect["permutation"] == (0, 1) and perfect["si-snr"] > 60
+    assert perfect["si-snr_i"] == pytest.approx(perfect["si-snr"], abs=1e-9)  # minus the 0 dB of the mixture
+
+    # Swapped order: permutation-invariant. Scaled (even negatively): scale-invariant.
+    swapped = evaluation.separation_metrics(mixture, sources, sources[::-1])
+    assert swapped["permutation"] == (1, 0)
+    assert swapped["si-snr"] == pytest.approx(perfect["si-snr"]) and swapped["sdr"] == pytest.approx(perfect["sdr"])
+    scaled = evaluation.separation_metrics(mixture, sources, -0.25 * sources)
+    assert scaled["permutation"] == (0, 1) and scaled["si-snr"] > 60  # "infinite" up to rounding
+
+    # Noise 20 dB below each source, orthogonal to everything: SI-SNR 20 dB, SI-SNRi 20 dB, by hand;
+    # in swapped order and at another scale too.
+    estimates = np.stack([s1 + 0.1 * n1, s2 + 0.1 * n2])
+    for variant in (estimates, 7.0 * estimates[::-1]):
+        metrics = evaluation.separation_metrics(mixture, sources, variant)
+        assert metrics["si-snr"] == pytest.approx(20.0, abs=1e-6)
+        assert metrics["si-snr_i"] == pytest.approx(20.0, abs=1e-6)
+
+    # SDR is mir_eval's (with its own permutation search here), and SDRi is over the mixture.
+    from mir_eval.separation import bss_eval_sources
+
+    with pytest.warns(FutureWarning):  # mir_eval 0.8 deprecates its separation module
+        sdr, _, _, permutation = bss_eval_sources(sources, estimates[::-1])
+        mixture_sdr, _, _, _ = bss_eval_sources(sources, np.stack([mixture, mixture]))
+    assert list(permutation) == [1, 0]
+    metrics = evaluation.separation_metrics(mixture, sources, estimates[::-1])
+    assert metrics["sdr"] == pytest.approx(np.mean(sdr), abs=1e-6)
+    assert metrics["sdr_i"] == pytest.approx(np.mean(sdr) - np.mean(mixture_sdr), abs=1e-6)
+
+
+def test_separation_needs_matching_shapes_and_warns_on_silence():
+    s1, s2, _, _ = orthogonal_signals(length=2000)
+    with pytest.raises(ValueError, match="do not match"):
+        evaluation.separation_metrics(s1 + s2, np.stack([s1, s2]), np.stack([s1, s2])[:, :1000])
+    with pytest.warns(UserWarning, match="SDR could not be computed"):
+        metrics = evaluation.separation_metrics(s1 + s2, np.stack([s1, s2]), np.stack([s1, np.zeros_like(s2)]))
+    assert math.isnan(metrics["sdr"]) and math.isfinite(metrics["si-snr"])
+
+
+def write_separation_folders(root, count=3, rate=8000, seconds=1.0):
+    """mix/, s1/, s2/ and est1/, est2/ (estimates of mixture N in swapped order when N is odd,
+    at another scale, with a little noise)."""
+    folders = {name: os.path.join(root, name) for name in ("mix", "s1", "s2", "est1", "est2")}
+    for folder in folders.values():
+        os.makedirs(folder)
+    for index in range(count):
+        s1 = speech_like(seconds, rate, seed=2 * index, f0=110.0)
+        s2 = speech_like(seconds, rate, seed=2 * index + 1, f0=210.0)
+        noise = 0.05 * white_noise(seconds, rate, seed=100 + index)
+        estimates = [1.7 * s1 + noise, 1.7 * s2 - noise]
+        if index % 2:
+            estimates.reverse()
+        name = f"mixture_{index}.wav"
+        for folder, signal in zip(("mix", "s1", "s2", "est1", "est2"), (s1 + s2, s1, s2, *estimates)):
+            sf.write(os.path.join(folders[folder], name), signal, rate, subtype="FLOAT")
+    return folders
+
+
+def test_separation_command_writes_speechbrain_test_results(tmp_path, capsys):
+    folders = write_separation_folders(str(tmp_path))
+    csv_path = str(tmp_path / "out" / "test_results.csv")
+    status = run_cli("--task", "separation", "--mix", folders["mix"], "--sources", folders["s1"], folders["s2"],
+                     "--estimates", folders["est1"], folders["est2"], "--csv", csv_path)
+    assert status == 0
+    output = capsys.readouterr().out
+    assert "3 mixtures" in output and "SI-SNRi (dB)" in output and "SDRi (dB)" in output
+    with open(csv_path, newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    assert list(rows[0]) == ["snt_id", "sdr", "sdr_i", "si-snr", "si-snr_i"]
+    assert [row["snt_id"] for row in rows] == ["mixture_0", "mixture_1", "mixture_2", "avg"]
+    for row in rows[:-1]:
+        signals = {name: sf.read(os.path.join(folder, f"{row['snt_id']}.wav"))[0] for name, folder in folders.items()}
+        expected = evaluation.separation_metrics(
+            signals["mix"], np.stack([signals["s1"], signals["s2"]]), np.stack([signals["est1"], signals["est2"]])
+        )
+        for key in ("sdr", "sdr_i", "si-snr", "si-snr_i"):
+            assert float(row[key]) == pytest.approx(expected[key], abs=1e-4)
+        assert float(row["si-snr"]) > 15  # the swapped files were matched
+    for key in ("sdr", "sdr_i", "si-snr", "si-snr_i"):
+        assert float(rows[-1][key]) == pytest.approx(np.mean([float(r[key]) for r in rows[:-1]]), abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "arguments, message, status",
+    [
+        (["--task", "separation", "--sources", "a", "b", "--estimates", "c", "d"], "needs --mix", 2),
+        (["--task", "separation", "--mix", "m"], "needs --sources, --estimates", 2),
+        (["--task", "separation", "--mix", "m", "--sources", "a", "b", "--estimates", "c", "d", "--clean", "x"],
+         "--clean are options of --task enhancement", 2),
+        (["--enhanced", "x"], "--task enhancement needs --clean", 2),
+    ],
+)
+def test_separation_command_option_errors(capsys, arguments, message, status):
+    assert run_cli(*arguments) == status
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("evaluate: error: ") and message in error and "\n" not in error
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("missing_estimate", "1 of 2 mixtures have no estimate 2 file with the same name"),
+        ("folder_count", "2 reference source folders but 1 estimate folders"),
+        ("sample_rate", "the mixture is at 8000 Hz but the estimate file .* is at 16000 Hz"),
+        ("length", "differ in length"),
+    ],
+)
+def test_separation_bad_input_is_one_clear_error(tmp_path, capsys, breakage, message):
+    folders = write_separation_folders(str(tmp_path), count=2, seconds=0.5)
+    estimates = [folders["est1"], folders["est2"]]
+    if breakage == "missing_estimate":
+        os.remove(os.path.join(folders["est2"], "mixture_1.wav"))
+    elif breakage == "folder_count":
+        estimates = estimates[:1]
+    elif breakage == "sample_rate":
+        sf.write(os.path.join(folders["est1"], "mixture_0.wav"), np.zeros(8000), 16000)
+    elif breakage == "length":
+        sf.write(os.path.join(folders["est1"], "mixture_0.wav"), np.zeros(1000), 8000)
+    with pytest.raises(EvaluationError, match=message):
+        evaluation.evaluate_separation_folders(folders["mix"], [folders["s1"], folders["s2"]], estimates)
+    assert run_cli("--task", "separation", "--mix", folders["mix"], "--sources", folders["s1"], folders["s2"],
+                   "--estimates", *estimates) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("evaluate: error: ") and "\n" not in error

@@ -23,15 +23,10 @@ Authors
  * speechbrain-ext contributors
 """
 
-import csv
-import dataclasses
 import functools
-import glob
-import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 
@@ -41,13 +36,19 @@ import torch
 import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.nnet.schedulers import update_learning_rate
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
-from speechbrain.utils.distributed import ddp_broadcast, get_rank, if_main_process, main_process_only, run_on_main
-from torch.nn.parallel import DistributedDataParallel
+from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_ext.convert import frcrn_from_official
 from speechbrain_ext.evaluation import EvaluationItem, evaluate_items, format_summary, plot_spectrograms, write_csv
 from speechbrain_ext.lobes.models.frcrn import frcrn_loss, si_snr
+from speechbrain_ext.recipes_common import (
+    RecipeBrain,
+    complete_run_options,
+    discard_incomplete_checkpoints,
+    read_rows,
+    reseed_per_process,
+    within_time_budget,
+)
 
 from dynamic_mixing import TrainingMixer, validation_mixture, whole_frames_length
 from prepare_dns import DNSLayoutError, prepare_dns
@@ -57,38 +58,6 @@ logger = logging.getLogger(__name__)
 # Constructor arguments of FRCRN that the model definition (hparams/frcrn.yaml) sets.
 FRCRN_DEFINITION_KEYS = ("win_len", "win_inc", "fft_len", "win_type", "channels", "fsmn_hidden", "fsmn_order",
                          "se_reduction")
-# Name of the recoverable whose file marks a checkpoint as completely written.
-COMPLETE_MARKER = "complete"
-
-
-@register_checkpoint_hooks
-class CompletenessMarker:
-    """Writes ``complete.ckpt`` into each checkpoint, after every other file of it.
-
-    SpeechBrain writes a checkpoint file by file; a run killed meanwhile leaves a checkpoint
-    that cannot be loaded, and the next run would pick it as the latest. Registered last, this
-    marker exists only in complete checkpoints (see :func:`discard_incomplete_checkpoints`).
-    """
-
-    @mark_as_saver
-    def save(self, path):
-        if if_main_process():
-            with open(path, "w", encoding="utf-8") as stream:
-                stream.write("complete\n")
-
-    @mark_as_loader
-    def load(self, path, end_of_epoch):
-        del path, end_of_epoch  # nothing to restore
-
-
-def discard_incomplete_checkpoints(checkpoints_dir):
-    """Delete the checkpoints an interrupted save left without their completeness marker."""
-    for path in sorted(glob.glob(os.path.join(checkpoints_dir, "CKPT+*"))):
-        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, f"{COMPLETE_MARKER}.ckpt")):
-            logger.warning("Deleting %s: the run was interrupted while saving it", path)
-            shutil.rmtree(path)
-
-
 class FRCRNStages(torch.nn.Module):
     """FRCRN whose ``forward`` returns both stages (:meth:`FRCRN.forward_stages`).
 
@@ -104,7 +73,7 @@ class FRCRNStages(torch.nn.Module):
         return self.model.forward_stages(noisy)
 
 
-class EnhancementBrain(sb.Brain):
+class EnhancementBrain(RecipeBrain):
     """Trains FRCRN with its official loss (``frcrn_loss``); logs SI-SNR on validation."""
 
     def compute_forward(self, batch, stage):
@@ -152,44 +121,6 @@ class EnhancementBrain(sb.Brain):
              "time": time.time(), "train": self.train_stats, "valid": stats}
         )
         self.checkpointer.save_and_keep_only(meta={"epoch": epoch, **stats}, min_keys=["loss"])
-
-    @main_process_only
-    def record_history(self, entry):
-        """Append one JSON line to ``history_file`` (full precision, for plots and tests)."""
-        with open(self.hparams.history_file, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(entry) + "\n")
-
-    def validate_initial_model(self, valid_data, loader_kwargs):
-        """Validation loss of the model before any update, logged as epoch 0: the baseline a
-        fine-tuning run starts from."""
-        loader = sb.dataio.dataloader.make_dataloader(valid_data, **loader_kwargs)
-        self.on_stage_start(sb.Stage.VALID, 0)
-        self.modules.eval()
-        with torch.no_grad():
-            losses = [self.evaluate_batch(batch, sb.Stage.VALID) for batch in loader]
-        self.on_stage_end(sb.Stage.VALID, float(torch.stack(losses).mean()), 0)
-
-    def init_optimizers(self):
-        super().init_optimizers()
-        # After the optimizer, the last recoverable to register: its file is written last.
-        if self.checkpointer is not None:
-            self.checkpointer.add_recoverable(COMPLETE_MARKER, CompletenessMarker(), optional_load=True)
-
-    def _wrap_distributed(self):
-        # SpeechBrain turns batch norms into SyncBatchNorm, which only runs on accelerators: on
-        # CPU (gloo) keep DDP with per-process batch statistics.
-        if not (self.distributed_launch and self.device_type == "cpu"):
-            return super()._wrap_distributed()
-        for name, module in self.modules.items():
-            if any(p.requires_grad for p in module.parameters()):
-                self.modules[name] = DistributedDataParallel(module, find_unused_parameters=self.find_unused_parameters)
-
-
-def read_rows(csv_path):
-    """Rows of a manifest as dicts."""
-    with open(csv_path, newline="", encoding="utf-8") as stream:
-        return list(csv.DictReader(stream))
-
 
 def dataio_prep(hparams, manifests, segment_samples):
     """Training (mixed on the fly) and validation (fixed mixtures) datasets."""
@@ -239,23 +170,6 @@ def load_official_weights(model, checkpoint, definition):
     logger.info("Initialised FRCRN from the official weights in %s", checkpoint)
 
 
-def within_time_budget(epochs, minutes):
-    """The epochs of ``epochs`` that fit in ``minutes`` of training: it stops when the next
-    epoch, if it takes as long as the last one, would end past the budget (the same decision on
-    every process). ``minutes`` None or 0: no limit."""
-    if not minutes:
-        yield from epochs
-        return
-    deadline = time.monotonic() + 60 * float(minutes)
-    for epoch in epochs:
-        started = time.monotonic()
-        yield epoch
-        finished = time.monotonic()
-        if ddp_broadcast(finished + (finished - started) > deadline):
-            logger.info("Stopping after epoch %d: another would not fit in max_train_minutes=%s", epoch, minutes)
-            return
-
-
 @torch.no_grad()
 def enhance(model, noisy, device):
     """Enhance one whole ``[T]`` waveform; the input is zero-padded to whole frames so that every
@@ -295,24 +209,6 @@ def evaluate_test_sets(hparams, manifests, device):
         logger.info("synthetic/%s (%d files):\n%s", subset, len(items), format_summary(result.summary))
 
 
-def complete_run_options(run_opts):
-    """Two adjustments to SpeechBrain's command-line run options.
-
-    - Multi-process runs on a machine without CUDA use gloo unless a backend was chosen
-      (SpeechBrain defaults to nccl, which needs GPUs).
-    - ``--optimizer_step_limit`` arrives as a string (its default is None, so SpeechBrain's
-      parser gives it no type) and would fail at the first comparison: make it an int.
-    """
-    changes = {}
-    if not torch.cuda.is_available() and "distributed_backend" not in run_opts.overridden_args:
-        changes["distributed_backend"] = "gloo"
-    if isinstance(run_opts.optimizer_step_limit, str):
-        changes["optimizer_step_limit"] = int(run_opts.optimizer_step_limit)
-    if not changes:
-        return run_opts
-    return dataclasses.replace(run_opts, **changes, overridden_args=run_opts.overridden_args | set(changes))
-
-
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     run_opts = complete_run_options(run_opts)
@@ -348,9 +244,7 @@ def main(argv):
         raise SystemExit(f"error: {error}") from None
     train_data, valid_data = dataio_prep(hparams, manifests, segment_samples)
     # SpeechBrain seeds every process alike; the on-the-fly mixing should differ between them.
-    rank = get_rank() or 0
-    if rank:
-        torch.manual_seed(hparams["seed"] + 1000 * rank)
+    reseed_per_process(hparams["seed"])
 
     checkpointer = hparams["checkpointer"]
     run_on_main(discard_incomplete_checkpoints, args=[checkpointer.checkpoints_dir])

@@ -1,0 +1,175 @@
+"""Plumbing shared by the training recipes (``recipes/DNS``, ``recipes/WSJ0Mix``, ``recipes/WHAM``).
+
+Each recipe keeps its own ``train.py`` (data, loss, evaluation); what they all need around
+SpeechBrain 1.1 lives here, once:
+
+- :class:`RecipeBrain`: a :class:`speechbrain.Brain` whose checkpoints carry a completeness
+  marker, whose multi-process runs work on CPU (gloo), with a JSON-lines history of the
+  epochs and the validation of the initial (e.g. pretrained) model as epoch 0;
+- :func:`discard_incomplete_checkpoints`: deletes checkpoints an interrupted save left behind;
+- :func:`complete_run_options`: gloo on machines without CUDA, ``--optimizer_step_limit`` as an
+  int;
+- :func:`within_time_budget`: stops before an epoch that would end past a time budget;
+- :func:`reseed_per_process`: different on-the-fly data in every DDP process;
+- :func:`read_rows`: the rows of a CSV manifest.
+
+Authors
+ * speechbrain-ext contributors
+"""
+
+import csv
+import dataclasses
+import glob
+import json
+import logging
+import os
+import shutil
+import time
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.distributed import ddp_broadcast, get_rank, if_main_process, main_process_only
+from torch.nn.parallel import DistributedDataParallel
+
+logger = logging.getLogger(__name__)
+
+# Name of the recoverable whose file marks a checkpoint as completely written.
+COMPLETE_MARKER = "complete"
+
+
+@register_checkpoint_hooks
+class CompletenessMarker:
+    """Writes ``complete.ckpt`` into each checkpoint, after every other file of it.
+
+    SpeechBrain writes a checkpoint file by file; a run killed meanwhile leaves a checkpoint
+    that cannot be loaded, and the next run would pick it as the latest. Registered last, this
+    marker exists only in complete checkpoints (see :func:`discard_incomplete_checkpoints`).
+    """
+
+    @mark_as_saver
+    def save(self, path):
+        if if_main_process():
+            with open(path, "w", encoding="utf-8") as stream:
+                stream.write("complete\n")
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch):
+        del path, end_of_epoch  # nothing to restore
+
+
+def discard_incomplete_checkpoints(checkpoints_dir):
+    """Delete the checkpoints an interrupted save left without their completeness marker.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(folder, "CKPT+2024-01-01+00-00-00+00"))
+    >>> discard_incomplete_checkpoints(folder)
+    >>> os.listdir(folder)
+    []
+    """
+    for path in sorted(glob.glob(os.path.join(checkpoints_dir, "CKPT+*"))):
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, f"{COMPLETE_MARKER}.ckpt")):
+            logger.warning("Deleting %s: the run was interrupted while saving it", path)
+            shutil.rmtree(path)
+
+
+def complete_run_options(run_opts):
+    """Two adjustments to SpeechBrain's command-line run options.
+
+    - Multi-process runs on a machine without CUDA use gloo unless a backend was chosen
+      (SpeechBrain defaults to nccl, which needs GPUs).
+    - ``--optimizer_step_limit`` arrives as a string (its default is None, so SpeechBrain's
+      parser gives it no type) and would fail at the first comparison: make it an int.
+    """
+    changes = {}
+    if not torch.cuda.is_available() and "distributed_backend" not in run_opts.overridden_args:
+        changes["distributed_backend"] = "gloo"
+    if isinstance(run_opts.optimizer_step_limit, str):
+        changes["optimizer_step_limit"] = int(run_opts.optimizer_step_limit)
+    if not changes:
+        return run_opts
+    return dataclasses.replace(run_opts, **changes, overridden_args=run_opts.overridden_args | set(changes))
+
+
+def within_time_budget(epochs, minutes):
+    """The epochs of ``epochs`` that fit in ``minutes`` of training: it stops when the next
+    epoch, if it takes as long as the last one, would end past the budget (the same decision on
+    every process). ``minutes`` None or 0: no limit.
+
+    Example
+    -------
+    >>> list(within_time_budget(range(1, 4), minutes=None))
+    [1, 2, 3]
+    """
+    if not minutes:
+        yield from epochs
+        return
+    deadline = time.monotonic() + 60 * float(minutes)
+    for epoch in epochs:
+        started = time.monotonic()
+        yield epoch
+        finished = time.monotonic()
+        if ddp_broadcast(finished + (finished - started) > deadline):
+            logger.info("Stopping after epoch %d: another would not fit in max_train_minutes=%s", epoch, minutes)
+            return
+
+
+def reseed_per_process(seed):
+    """Seed torch's generator differently in every DDP process but the main one.
+
+    SpeechBrain seeds every process alike; on-the-fly mixing should differ between them.
+    """
+    rank = get_rank() or 0
+    if rank:
+        torch.manual_seed(seed + 1000 * rank)
+
+
+def read_rows(csv_path):
+    """Rows of a manifest as dicts."""
+    with open(csv_path, newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
+
+
+class RecipeBrain(sb.Brain):
+    """A :class:`speechbrain.Brain` with what every recipe of this repository adds.
+
+    - Every checkpoint gets a completeness marker, written last (:class:`CompletenessMarker`).
+    - Multi-process runs on CPU (gloo) wrap the modules in DDP without SpeechBrain's
+      SyncBatchNorm conversion, which only runs on accelerators: batch norms keep
+      per-process statistics there.
+    - :meth:`record_history` appends one JSON line per epoch to ``hparams.history_file``.
+    - :meth:`validate_initial_model` validates the model before any update and hands the
+      result to ``on_stage_end(Stage.VALID, loss, epoch=0)``.
+    """
+
+    def init_optimizers(self):
+        super().init_optimizers()
+        # After the optimizer, the last recoverable to register: its file is written last.
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable(COMPLETE_MARKER, CompletenessMarker(), optional_load=True)
+
+    def _wrap_distributed(self):
+        if not (self.distributed_launch and self.device_type == "cpu"):
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = DistributedDataParallel(module, find_unused_parameters=self.find_unused_parameters)
+
+    @main_process_only
+    def record_history(self, entry):
+        """Append one JSON line to ``history_file`` (full precision, for plots and tests)."""
+        with open(self.hparams.history_file, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(entry) + "\n")
+
+    def validate_initial_model(self, valid_data, loader_kwargs):
+        """Validation loss of the model before any update, handed to ``on_stage_end`` as
+        epoch 0: the baseline a fine-tuning run starts from."""
+        loader = sb.dataio.dataloader.make_dataloader(valid_data, **loader_kwargs)
+        self.on_stage_start(sb.Stage.VALID, 0)
+        self.modules.eval()
+        with torch.no_grad():
+            losses = [self.evaluate_batch(batch, sb.Stage.VALID) for batch in loader]
+        self.on_stage_end(sb.Stage.VALID, float(torch.stack(losses).mean()), 0)
