@@ -372,7 +372,7 @@ _MOSSFORMER_ROTARY = re.compile(r"^mdl\.att_mdl\.mossformerM\.layers\.(\d+)\.rot
 _MOSSFORMER_OUR_ROTARY = "rotary.freqs"
 
 
-def _compile_name_rules(pairs):
+def _mossformer_name_rules(pairs):
     """[(regex of a source name, target template)] for ``(source, target)`` name pairs."""
     rules = []
     for source, target in pairs:
@@ -381,11 +381,11 @@ def _compile_name_rules(pairs):
     return rules
 
 
-_MOSSFORMER_TO_OURS = _compile_name_rules(_MOSSFORMER_MASKNET_NAMES)
-_MOSSFORMER_TO_OFFICIAL = _compile_name_rules((ours, official) for official, ours in _MOSSFORMER_MASKNET_NAMES)
+_MOSSFORMER_TO_OURS = _mossformer_name_rules(_MOSSFORMER_MASKNET_NAMES)
+_MOSSFORMER_TO_OFFICIAL = _mossformer_name_rules((ours, official) for official, ours in _MOSSFORMER_MASKNET_NAMES)
 
 
-def _rename(name, rules):
+def _mossformer_rename(name, rules):
     """``name`` translated by the first matching rule, or None if no rule matches."""
     for pattern, template in rules:
         match = pattern.match(name)
@@ -503,7 +503,7 @@ def mossformer_from_official(checkpoint, **model_kwargs):
             if rotary_match and int(rotary_match.group(1)) < num_blocks:
                 rotary[int(rotary_match.group(1))] = tensor
                 continue
-            our_name = _rename(name, _MOSSFORMER_TO_OURS) if part == "masknet" else name
+            our_name = _mossformer_rename(name, _MOSSFORMER_TO_OURS) if part == "masknet" else name
             our_name = f"{part}.{our_name}" if our_name is not None else None
             if our_name not in expected or our_name == f"masknet.{_MOSSFORMER_OUR_ROTARY}":
                 unexpected.append(f"{part}/{name}")
@@ -528,7 +528,7 @@ def mossformer_from_official(checkpoint, **model_kwargs):
     for our_name in expected:
         if our_name not in ours and our_name != rotary_name:
             part, name = our_name.split(".", 1)
-            official_name = _rename(name, _MOSSFORMER_TO_OFFICIAL) if part == "masknet" else name
+            official_name = _mossformer_rename(name, _MOSSFORMER_TO_OFFICIAL) if part == "masknet" else name
             missing.append(f"{part}/{official_name}")
 
     _raise_if_mismatched("MossFormer", missing, unexpected, shape_errors)
@@ -580,7 +580,7 @@ def mossformer_to_official(model, directory=None):
             for i in range(len(modules["masknet"].blocks)):
                 official["masknet"][f"{_MOSSFORMER_BLOCK.format(i=i)}rotary_pos_emb.freqs"] = shared
             continue
-        official_name = _rename(name, _MOSSFORMER_TO_OFFICIAL)
+        official_name = _mossformer_rename(name, _MOSSFORMER_TO_OFFICIAL)
         if official_name is None:
             raise KeyError(f"no official name for MossFormer masknet tensor {name!r}")
         official["masknet"][official_name] = tensor.detach().clone()

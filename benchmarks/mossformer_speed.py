@@ -1,0 +1,170 @@
+"""Speed and memory of our MossFormer against the reference (ModelScope) implementation.
+
+Both run the official architecture (24 blocks, 512 channels) with the same random weights on
+the same 8 kHz noise, on CPU with 2 threads under ``torch.inference_mode()``. Every
+(implementation, duration) pair runs in its own subprocess, so that its peak resident memory
+(``getrusage`` high-water mark) is its own. Prints a markdown table.
+
+Usage::
+
+    python benchmarks/mossformer_speed.py                  # 10 s and 60 s
+    python benchmarks/mossformer_speed.py --seconds 10 --repeats 3 --output table.md
+
+Each (implementation, duration) pair runs ``--repeats`` times, alternating the two
+implementations; the fastest run of each is reported.
+
+Running the reference on 60 s of audio takes minutes on 2 cores.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+SAMPLE_RATE = 8000
+THREADS = 2
+OFFICIAL = dict(
+    num_spks=2, kernel_size=16, in_channels=512, out_channels=512, stride=8, bias=False,
+    num_blocks=24, d_model=512, attn_dropout=0.1, group_size=256, query_key_dim=128,
+    expansion_factor=4.0, causal=False, norm="ln",
+)
+IMPLEMENTATIONS = ("ours", "reference")
+
+
+def write_random_official_checkpoint(directory, seed=0):
+    """Saves a reference MossFormer with random weights as encoder/masknet/decoder.bin."""
+    from modelscope.models.audio.separation.mossformer import MossFormer as ReferenceMossFormer
+
+    torch.manual_seed(seed)
+    model = ReferenceMossFormer(directory, **OFFICIAL)
+    with torch.no_grad():  # the q/k scales start tiny; make the attention matter
+        for name, tensor in model.state_dict().items():
+            if name.endswith("qk_offset_scale.gamma"):
+                tensor.normal_()
+    for filename, module in (("encoder", model.encoder), ("masknet", model.mask_net), ("decoder", model.decoder)):
+        torch.save(module.state_dict(), os.path.join(directory, f"{filename}.bin"))
+
+
+def load_model(implementation, directory):
+    if implementation == "ours":
+        from speechbrain_ext.convert import mossformer_from_official
+
+        return mossformer_from_official(directory, **OFFICIAL)
+    from modelscope.models.audio.separation.mossformer import MossFormer as ReferenceMossFormer
+
+    model = ReferenceMossFormer(directory, **OFFICIAL)
+    model.load_check_point(directory)
+    return model.eval()
+
+
+def current_rss_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_worker(implementation, directory, seconds, result_path):
+    """Times one forward pass of one implementation; saves its output and statistics."""
+    torch.set_num_threads(THREADS)
+    model = load_model(implementation, directory)
+    generator = torch.Generator().manual_seed(1234)
+    mix = 0.1 * torch.randn(1, int(seconds * SAMPLE_RATE), generator=generator)
+    with torch.inference_mode():
+        model(mix[:, :SAMPLE_RATE])  # warm-up on 1 s
+        rss_before = current_rss_bytes()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        output = model(mix)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    torch.save(output, result_path + ".pt")
+    with open(result_path + ".json", "w") as file:
+        json.dump({"seconds": wall, "cpu_seconds": cpu, "peak_rss": peak, "rss_before": rss_before}, file)
+
+
+def run_case(implementation, directory, seconds, workdir):
+    """Runs one worker subprocess; returns its statistics and output."""
+    result = os.path.join(workdir, f"{implementation}_{seconds:g}s")
+    subprocess.run(
+        [sys.executable, __file__, "--worker", implementation, "--weights", directory,
+         "--seconds", str(seconds), "--result", result],
+        check=True,
+    )
+    with open(result + ".json") as file:
+        stats = json.load(file)
+    return stats, torch.load(result + ".pt", weights_only=True)
+
+
+def si_snr_db(estimate, target):
+    """Worst SI-SNR over sources of ``estimate`` against ``target``, both [B, T, S]."""
+    estimate = estimate.double() - estimate.double().mean(1, keepdim=True)
+    target = target.double() - target.double().mean(1, keepdim=True)
+    projection = (estimate * target).sum(1, keepdim=True) / target.pow(2).sum(1, keepdim=True) * target
+    ratio = projection.pow(2).sum(1) / (estimate - projection).pow(2).sum(1).clamp_min(1e-30)
+    return (10 * torch.log10(ratio)).min().item()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0])
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs per case (the fastest counts)")
+    parser.add_argument("--output", help="also write the markdown table to this file")
+    parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        run_worker(args.worker, args.weights, args.seconds[0], args.result)
+        return
+
+    with tempfile.TemporaryDirectory() as workdir:
+        write_random_official_checkpoint(workdir)
+        rows = [
+            "| audio | implementation | wall time (s) | real-time factor | time vs reference | CPU time (s) "
+            "| peak RSS (GiB) | RSS growth in forward (GiB) | SI-SNR vs reference (dB) | max abs diff |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for seconds in args.seconds:
+            stats, outputs = {}, {}
+            # Alternate the implementations and keep the fastest run of each, so that a burst
+            # of load from other processes does not favour one of them.
+            for _ in range(args.repeats):
+                for implementation in IMPLEMENTATIONS:
+                    run, outputs[implementation] = run_case(implementation, workdir, seconds, workdir)
+                    print(f"{seconds:g} s, {implementation}: {run['seconds']:.2f} s", file=sys.stderr)
+                    if implementation not in stats or run["seconds"] < stats[implementation]["seconds"]:
+                        stats[implementation] = run
+
+            reference_time = stats["reference"]["seconds"]
+            for implementation in IMPLEMENTATIONS:
+                s = stats[implementation]
+                if implementation == "reference":
+                    agreement = "— | —"
+                else:
+                    difference = (outputs[implementation] - outputs["reference"]).abs().max().item()
+                    agreement = f"{si_snr_db(outputs[implementation], outputs['reference']):.1f} | {difference:.1e}"
+                rows.append(
+                    f"| {seconds:g} s | {implementation} | {s['seconds']:.2f} | {s['seconds'] / seconds:.2f} "
+                    f"| {s['seconds'] / reference_time:.2f}× | {s['cpu_seconds']:.1f} | {s['peak_rss'] / 2**30:.2f} "
+                    f"| {(s['peak_rss'] - s['rss_before']) / 2**30:.2f} | {agreement} |"
+                )
+
+    table = "\n".join(rows)
+    header = (
+        f"MossFormer, official size, random weights, CPU, torch {torch.__version__}, "
+        f"{THREADS} threads, inference_mode, fastest of {args.repeats} run(s); "
+        f"load average at the end: {os.getloadavg()[0]:.2f}\n\n"
+    )
+    print(header + table)
+    if args.output:
+        with open(args.output, "w") as file:
+            file.write(header + table + "\n")
+
+
+if __name__ == "__main__":
+    main()

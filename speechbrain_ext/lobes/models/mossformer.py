@@ -1,0 +1,756 @@
+"""MossFormer time-domain speech separation as SpeechBrain encoder / masknet / decoder.
+
+MossFormer (Zhao & Ma, ICASSP 2023, https://arxiv.org/abs/2302.11824) keeps the
+encoder -> masknet -> decoder layout of SepFormer but replaces the dual-path transformer by
+a stack of gated attention units in the style of FLASH (Hua et al., 2022): every unit mixes
+the sequence with relu² attention that is *quadratic inside groups* of ``group_size`` frames
+and *linear across the whole sequence*, and gates the result with a second projection.
+
+The modules here follow the contract of :mod:`speechbrain.lobes.models.dual_path`, so that
+the separation recipes of SpeechBrain drive them unchanged:
+
+* :class:`MossFormerEncoder` maps the mixture [B, T] to a representation [B, N, L];
+* :class:`MossFormerMaskNet` maps that to one mask per speaker, [num_spks, B, N, L];
+* :class:`MossFormerDecoder` maps each masked representation [B, N, L] back to [B, T'].
+
+:class:`MossFormer` bundles the three and returns [B, T, num_spks] at the input length.
+Weights of the official ModelScope release load with
+:func:`speechbrain_ext.convert.mossformer_from_official`.
+
+Authors
+ * speechbrain-ext contributors
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from speechbrain.lobes.models.dual_path import Decoder, Encoder, select_norm
+
+# Kernel of the depthwise convolutions inside every projection of a MossFormer block.
+CONV_KERNEL_SIZE = 17
+
+# Rotary position embedding covers at most this many query/key channels (partial RoPE).
+MAX_ROTARY_DIM = 32
+
+
+class MossFormerEncoder(Encoder):
+    """Learned analysis filterbank: a strided 1-D convolution followed by ReLU.
+
+    The hop is ``kernel_size // 2`` (50 % overlap), as in SpeechBrain's SepFormer encoder.
+
+    Arguments
+    ---------
+    kernel_size : int
+        Length of the filters, in samples.
+    out_channels : int
+        Number of filters N.
+    in_channels : int
+        Number of audio channels (1 for a waveform given as [B, T]).
+
+    Example
+    -------
+    >>> encoder = MossFormerEncoder(kernel_size=16, out_channels=64)
+    >>> encoder(torch.randn(2, 8000)).shape
+    torch.Size([2, 64, 999])
+    """
+
+    def __init__(self, kernel_size=16, out_channels=512, in_channels=1):
+        super().__init__(
+            kernel_size=kernel_size,
+            out_channels=out_channels,
+            in_channels=in_channels,
+        )
+
+
+class MossFormerDecoder(Decoder):
+    """Learned synthesis filterbank: a transposed 1-D convolution back to the waveform.
+
+    Arguments
+    ---------
+    in_channels : int
+        Number of filters N of the encoded representation.
+    out_channels : int
+        Number of output audio channels.
+    kernel_size : int
+        Length of the filters, in samples.
+    stride : int
+        Hop between frames, in samples; ``kernel_size // 2`` matches the encoder.
+    bias : bool
+        Whether the convolution has a bias.
+
+    Example
+    -------
+    >>> decoder = MossFormerDecoder(in_channels=64, kernel_size=16, stride=8)
+    >>> decoder(torch.randn(2, 64, 999)).shape
+    torch.Size([2, 8000])
+    """
+
+    def __init__(
+        self, in_channels=512, out_channels=1, kernel_size=16, stride=8, bias=False
+    ):
+        super().__init__(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            bias=bias,
+        )
+
+
+class ScaledSinusoidalEmbedding(nn.Module):
+    """Absolute sinusoidal positions with one learned gain.
+
+    The first half of the channels holds ``sin(t * f)``, the second half ``cos(t * f)``
+    (concatenated, not interleaved), all multiplied by the learned scalar ``scale``.
+
+    Arguments
+    ---------
+    dim : int
+        Number of channels of the embedding.
+    theta : float
+        Base of the geometric progression of frequencies.
+
+    Example
+    -------
+    >>> embedding = ScaledSinusoidalEmbedding(8)
+    >>> embedding(5).shape
+    torch.Size([5, 8])
+    """
+
+    def __init__(self, dim, theta=10000.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim)
+        self.register_buffer("inv_freq", inv_freq)
+
+    def forward(self, length):
+        """Returns the [length, dim] embedding of frames ``0 .. length - 1``."""
+        frames = torch.arange(length, device=self.inv_freq.device, dtype=self.inv_freq.dtype)
+        angles = torch.outer(frames, self.inv_freq)
+        return torch.cat((angles.sin(), angles.cos()), dim=-1) * self.scale
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE, Su et al., 2021) of the leading channels.
+
+    Channels ``2i`` and ``2i + 1`` of the first ``dim`` channels are rotated together by the
+    angle ``t * freqs[i]`` (GPT-J style pairing); the remaining channels pass unchanged.
+    Computing the angles once per sequence length and sharing them between all blocks
+    saves the trigonometry that a per-block rotary module would redo.
+
+    Arguments
+    ---------
+    dim : int
+        Number of rotated channels (even).
+    theta : float
+        Base of the geometric progression of frequencies.
+
+    Example
+    -------
+    >>> rotary = RotaryEmbedding(dim=4)
+    >>> cos, sin = rotary(10)
+    >>> x = torch.randn(2, 10, 6)
+    >>> y = rotary.rotate_(x.clone(), cos, sin)
+    >>> torch.allclose(y.norm(dim=-1), x.norm(dim=-1))  # rotations keep the length
+    True
+    >>> torch.equal(y[..., 4:], x[..., 4:])
+    True
+    """
+
+    def __init__(self, dim=MAX_ROTARY_DIM, theta=10000.0):
+        super().__init__()
+        freqs = 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim)
+        # A parameter (frozen) rather than a buffer, as in the official checkpoints.
+        self.freqs = nn.Parameter(freqs, requires_grad=False)
+
+    def forward(self, length):
+        """Returns ``(cos, sin)`` of the rotation angles, each [length, dim // 2]."""
+        frames = torch.arange(length, device=self.freqs.device, dtype=self.freqs.dtype)
+        angles = torch.outer(frames, self.freqs)
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def rotate_(x, cos, sin):
+        """Rotates the leading channels of ``x`` [..., length, channels] in place; returns x."""
+        rotated_dim = 2 * cos.shape[-1]
+        even, odd = x[..., 0:rotated_dim:2], x[..., 1:rotated_dim:2]
+        rotated_even = even * cos - odd * sin
+        odd.mul_(cos).add_(even * sin)
+        even.copy_(rotated_even)
+        return x
+
+
+class DepthwiseTimeConv(nn.Conv1d):
+    """Depthwise "same" convolution along time for time-major inputs [B, L, C].
+
+    The weights are those of an ordinary depthwise :class:`torch.nn.Conv1d`. On CPU,
+    convolving the transposed view [B, C, L] makes oneDNN copy and run a slow kernel;
+    viewing the input as a channels-last [B, C, 1, L] image instead runs the fast
+    depthwise 2-D kernel directly on the time-major memory, with no copy on either side.
+
+    Arguments
+    ---------
+    channels : int
+        Number of channels C.
+    kernel_size : int
+        Odd filter length.
+
+    Example
+    -------
+    >>> conv = DepthwiseTimeConv(8, kernel_size=5)
+    >>> x = torch.randn(2, 50, 8)
+    >>> expected = F.conv1d(x.transpose(1, 2), conv.weight, padding=2, groups=8)
+    >>> torch.allclose(conv(x), expected.transpose(1, 2), atol=1e-6)
+    True
+    """
+
+    def __init__(self, channels, kernel_size=CONV_KERNEL_SIZE):
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            groups=channels,
+            bias=False,
+        )
+
+    def forward(self, x):
+        """Returns the [B, L, C] convolution of ``x`` [B, L, C]."""
+        image = x.transpose(1, 2).unsqueeze(2)  # [B, C, 1, L], channels-last
+        out = F.conv2d(
+            image, self.weight.unsqueeze(2), padding=(0, self.padding[0]), groups=self.groups
+        )
+        return out.squeeze(2).transpose(1, 2)
+
+
+class ConvFeedForward(nn.Module):
+    """ScaleNorm -> Linear -> SiLU -> depthwise temporal convolution (residual) -> dropout.
+
+    ScaleNorm (Nguyen & Salazar, 2019) divides every frame by its root mean square (at least
+    ``eps``) and multiplies it by one learned gain.
+
+    Arguments
+    ---------
+    input_size : int
+        Channels of the input.
+    output_size : int
+        Channels of the output.
+    kernel_size : int
+        Length of the depthwise convolution.
+    dropout : float
+        Dropout on the output.
+    eps : float
+        Smallest root mean square ScaleNorm divides by.
+
+    Example
+    -------
+    >>> ffn = ConvFeedForward(16, 32)
+    >>> ffn(torch.randn(2, 40, 16)).shape
+    torch.Size([2, 40, 32])
+    """
+
+    def __init__(
+        self, input_size, output_size, kernel_size=CONV_KERNEL_SIZE, dropout=0.1, eps=1e-5
+    ):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(1))
+        self.eps = eps
+        self.linear = nn.Linear(input_size, output_size)
+        self.conv = DepthwiseTimeConv(output_size, kernel_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        """Maps [B, L, input_size] to [B, L, output_size]."""
+        root = math.sqrt(x.shape[-1])
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        scale = self.gain * root / norm.clamp_min(self.eps * root)  # ScaleNorm, per frame
+        # A per-frame factor commutes with the linear map: apply it on the narrower side.
+        if self.linear.in_features <= self.linear.out_features:
+            hidden = self.linear(x * scale)
+        else:
+            hidden = torch.addcmul(self.linear.bias, F.linear(x, self.linear.weight), scale)
+        # Both in-place updates are safe under autograd: linear and conv do not save their
+        # outputs, and silu_ keeps what its own backward needs.
+        hidden = F.silu(hidden, inplace=True)
+        hidden = self.conv(hidden).add_(hidden)
+        return self.dropout(hidden)
+
+
+def relu2_local_global_attention(
+    quad_q, quad_k, lin_q, lin_k, values, group_size, causal=False, dropout=None
+):
+    """Joint relu² attention: quadratic inside groups of frames, linear over the sequence.
+
+    The sequence is cut into groups of ``group_size`` frames. Inside a group, every query
+    attends to every key with weights ``relu(q . k / group_size) ** 2``. Across the whole
+    sequence, linear attention lets every query read one [Q, E] summary
+    ``sum_t lin_k[t]^T values[t] / L`` (causal: only the summaries of earlier groups, each
+    divided by ``group_size``). The output is the sum of the two.
+
+    A last group shorter than ``group_size`` is attended on its own, with the same
+    ``1 / group_size`` scaling. This is exactly what zero-padding the sequence to a multiple
+    of ``group_size`` and masking the padded keys computes (zero keys score
+    ``relu(0) ** 2 = 0`` and padded queries are cut off), without padding the wide
+    ``values`` or materialising a mask.
+
+    Arguments
+    ---------
+    quad_q, quad_k : torch.Tensor
+        Queries and keys of the local attention, [B, L, Q].
+    lin_q, lin_k : torch.Tensor
+        Queries and keys of the global attention, [B, L, Q].
+    values : torch.Tensor
+        Values, [B, L, E].
+    group_size : int
+        Frames per group of the local attention.
+    causal : bool
+        If True, no frame attends to a later frame.
+    dropout : callable, optional
+        Applied to the local attention weights (training regulariser).
+
+    Returns
+    -------
+    torch.Tensor
+        [B, L, E].
+
+    Example
+    -------
+    >>> q, k = torch.randn(2, 2, 10, 4).unbind(0)
+    >>> out = relu2_local_global_attention(q, k, q, k, torch.randn(2, 10, 6), group_size=4)
+    >>> out.shape
+    torch.Size([2, 10, 6])
+    """
+    batch, length, _ = values.shape
+    if causal:
+        out = _causal_linear_attention(lin_q, lin_k, values, group_size)
+    else:
+        summary = lin_k.transpose(1, 2) @ values / length  # [B, Q, E]
+        out = lin_q @ summary
+
+    full = length - length % group_size
+    segments = [(0, full, group_size), (full, length, length - full)]
+    for start, stop, size in segments:
+        if start == stop:
+            continue
+        q = quad_q[:, start:stop].unflatten(1, (-1, size))  # [B, groups, size, Q]
+        k = quad_k[:, start:stop].unflatten(1, (-1, size))
+        weights = F.relu(q @ k.transpose(-1, -2) / group_size, inplace=True).square()
+        if causal:
+            weights = weights.tril()
+        if dropout is not None:
+            weights = dropout(weights)
+        # Accumulate into the linear-attention output in place, one batch item at a time:
+        # per item the rows are contiguous, so the groups are plain views and baddbmm_
+        # writes the sum without a temporary of the size of ``values``.
+        for b in range(batch):
+            grouped_values = values[b, start:stop].unflatten(0, (-1, size))
+            out[b, start:stop].unflatten(0, (-1, size)).baddbmm_(weights[b], grouped_values)
+    return out
+
+
+def _causal_linear_attention(lin_q, lin_k, values, group_size):
+    """Global linear attention in which a group reads the summaries of earlier groups only."""
+    length = values.shape[1]
+    num_groups = -(-length // group_size)
+    full = length - length % group_size
+    keys = lin_k[:, :full].unflatten(1, (-1, group_size))
+    grouped_values = values[:, :full].unflatten(1, (-1, group_size))
+    summaries = keys.transpose(-1, -2) @ grouped_values / group_size  # [B, full groups, Q, E]
+    # Exclusive running sum: group g sees groups 0 .. g - 1 (a last partial group sees all
+    # complete ones; its own summary is never read).
+    earlier = torch.cat((torch.zeros_like(summaries[:, :1]), summaries.cumsum(dim=1)), dim=1)
+    queries = F.pad(lin_q, (0, 0, 0, num_groups * group_size - length))
+    out = queries.unflatten(1, (num_groups, group_size)) @ earlier[:, :num_groups]
+    return out.flatten(1, 2)[:, :length]
+
+
+class MossFormerBlock(nn.Module):
+    """One gated attention unit of MossFormer (FLASH-style, with convolutions).
+
+    The first half of the channels is delayed by one frame (token shift). Two projections
+    follow: ``to_hidden`` gives values ``v`` and gates ``u`` (each ``expansion_factor / 2``
+    times ``d_model``), ``to_qk`` a shared query/key vector from which per-channel scales
+    and offsets derive four variants (local q, global q, local k, global k), all rotated by
+    RoPE. The joint attention of ``[v | u]`` gives ``[a_v | a_u]``; the block returns
+    ``x + to_out(a_u * v * sigmoid(a_v * u))``.
+
+    Arguments
+    ---------
+    d_model : int
+        Channels of the input and output.
+    group_size : int
+        Frames per group of the local (quadratic) attention.
+    query_key_dim : int
+        Channels of queries and keys.
+    expansion_factor : float
+        Width of ``[v | u]`` relative to ``d_model``.
+    causal : bool
+        If True, attention never looks ahead.
+    dropout : float
+        Dropout on the attention weights and after each projection.
+
+    Example
+    -------
+    >>> block = MossFormerBlock(d_model=32, group_size=8, query_key_dim=16)
+    >>> rotary = RotaryEmbedding(dim=16)
+    >>> x = torch.randn(2, 20, 32)
+    >>> block(x, rotary(20)).shape
+    torch.Size([2, 20, 32])
+    """
+
+    def __init__(
+        self,
+        d_model,
+        group_size=256,
+        query_key_dim=128,
+        expansion_factor=4.0,
+        causal=False,
+        dropout=0.1,
+    ):
+        super().__init__()
+        hidden_size = int(d_model * expansion_factor)
+        self.group_size = group_size
+        self.causal = causal
+        self.to_hidden = ConvFeedForward(d_model, hidden_size, dropout=dropout)
+        self.to_qk = ConvFeedForward(d_model, query_key_dim, dropout=dropout)
+        # Per-channel scale and offset of the four query/key variants, in the order
+        # (local query, global query, local key, global key).
+        self.qk_gain = nn.Parameter(torch.empty(4, query_key_dim))
+        self.qk_bias = nn.Parameter(torch.zeros(4, query_key_dim))
+        nn.init.normal_(self.qk_gain, std=0.02)
+        self.to_out = ConvFeedForward(hidden_size // 2, d_model, dropout=dropout)
+        self.attention_dropout = nn.Dropout(dropout)
+
+    def forward(self, x, rotation):
+        """Returns the [B, L, d_model] output for the input ``x`` [B, L, d_model].
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Input sequence, [B, L, d_model].
+        rotation : tuple of torch.Tensor
+            ``(cos, sin)`` from :class:`RotaryEmbedding` for length L.
+
+        Returns
+        -------
+        torch.Tensor
+            [B, L, d_model].
+        """
+        shifted = _token_shift(x)
+        hidden = self.to_hidden(shifted)  # [B, L, E] = [v | u]
+        qk = self.to_qk(shifted)  # [B, L, Q]
+        # [4, B, L, Q]: each variant contiguous, all rotated in one call.
+        heads = torch.addcmul(self.qk_bias[:, None, None], qk, self.qk_gain[:, None, None])
+        quad_q, lin_q, quad_k, lin_k = RotaryEmbedding.rotate_(heads, *rotation).unbind(0)
+
+        attended = relu2_local_global_attention(
+            quad_q,
+            quad_k,
+            lin_q,
+            lin_k,
+            hidden,
+            self.group_size,
+            causal=self.causal,
+            dropout=self.attention_dropout,
+        )
+        v, u = hidden.chunk(2, dim=-1)
+        attended_v, attended_u = attended.chunk(2, dim=-1)
+        if torch.is_grad_enabled():
+            gated = attended_u * v * torch.sigmoid(attended_v * u)
+        else:
+            # The same product computed inside the attention output, which nothing else reads:
+            # no new [B, L, E / 2] tensors.
+            gate = attended_v.mul_(u).sigmoid_()
+            gated = attended_u.mul_(v).mul_(gate)
+        # The output of to_out is a fresh tensor that its backward does not need.
+        return self.to_out(gated).add_(x)
+
+
+def _token_shift(x):
+    """Delays the first half of the channels of ``x`` [B, L, C] by one frame."""
+    half = (x.shape[-1] + 1) // 2
+    shifted = torch.empty_like(x)
+    shifted[:, :1, :half] = 0.0
+    shifted[:, 1:, :half] = x[:, :-1, :half]
+    shifted[:, :, half:] = x[:, :, half:]
+    return shifted
+
+
+class MossFormerMaskNet(nn.Module):
+    """MossFormer masking network: one mask per speaker over the encoded mixture.
+
+    Norm -> 1x1 bottleneck -> + scaled sinusoidal positions -> ``num_blocks``
+    :class:`MossFormerBlock` (time-major, shared rotary angles) -> LayerNorm -> norm ->
+    + skip -> PReLU -> 1x1 conv to ``num_spks`` streams -> tanh/sigmoid gated 1x1 convs ->
+    1x1 conv back to ``in_channels`` -> ReLU.
+
+    Arguments
+    ---------
+    in_channels : int
+        Channels N of the encoder output (and of the masks).
+    out_channels : int
+        Channels inside the network (the model dimension of the blocks).
+    num_blocks : int
+        Number of MossFormer blocks.
+    d_model : int, optional
+        Model dimension of the blocks; must equal ``out_channels`` (default).
+    attn_dropout : float
+        Dropout inside the blocks.
+    group_size : int
+        Frames per group of the local attention.
+    query_key_dim : int
+        Channels of queries and keys.
+    expansion_factor : float
+        Width of the value/gate projection relative to ``d_model``.
+    causal : bool
+        If True, the attention never looks ahead.
+    norm : str
+        Normalisation of the input and of the block-stack output: ``"ln"`` (GroupNorm with
+        one group), ``"gln"``, ``"cln"`` or anything else for BatchNorm, as
+        :func:`speechbrain.lobes.models.dual_path.select_norm`; None skips the latter.
+    num_spks : int
+        Number of speakers (masks).
+    skip_connection : bool
+        Add the block-stack input to its output.
+    use_global_pos_enc : bool
+        Add scaled sinusoidal positions before the blocks.
+
+    Example
+    -------
+    >>> masknet = MossFormerMaskNet(
+    ...     in_channels=64, out_channels=64, num_blocks=2, group_size=16, query_key_dim=32
+    ... )
+    >>> masknet(torch.randn(3, 64, 100)).shape
+    torch.Size([2, 3, 64, 100])
+    """
+
+    def __init__(
+        self,
+        in_channels=512,
+        out_channels=512,
+        num_blocks=24,
+        d_model=None,
+        attn_dropout=0.1,
+        group_size=256,
+        query_key_dim=128,
+        expansion_factor=4.0,
+        causal=False,
+        norm="ln",
+        num_spks=2,
+        skip_connection=True,
+        use_global_pos_enc=True,
+    ):
+        super().__init__()
+        if d_model is not None and d_model != out_channels:
+            raise ValueError(
+                f"the blocks run on out_channels={out_channels} channels, got d_model={d_model}"
+            )
+        self.num_spks = num_spks
+        self.norm_type = norm
+        self.skip_connection = skip_connection
+        self.input_norm = select_norm(norm, in_channels, 3)
+        self.bottleneck = nn.Conv1d(in_channels, out_channels, 1, bias=False)
+        self.pos_encoding = ScaledSinusoidalEmbedding(out_channels) if use_global_pos_enc else None
+
+        self.rotary = RotaryEmbedding(min(MAX_ROTARY_DIM, query_key_dim))
+        self.blocks = nn.ModuleList(
+            MossFormerBlock(
+                out_channels,
+                group_size=group_size,
+                query_key_dim=query_key_dim,
+                expansion_factor=expansion_factor,
+                causal=causal,
+                dropout=attn_dropout,
+            )
+            for _ in range(num_blocks)
+        )
+        self.blocks_norm = nn.LayerNorm(out_channels, eps=1e-6)
+        self.post_norm = select_norm(norm, out_channels, 3) if norm is not None else None
+
+        self.prelu = nn.PReLU()
+        self.speaker_split = nn.Conv1d(out_channels, out_channels * num_spks, 1)
+        self.mask_value = nn.Conv1d(out_channels, out_channels, 1)
+        self.mask_gate = nn.Conv1d(out_channels, out_channels, 1)
+        self.mask_proj = nn.Conv1d(out_channels, in_channels, 1, bias=False)
+
+    def forward(self, x):
+        """Returns the masks [num_spks, B, N, L] for the encoded mixture ``x`` [B, N, L]."""
+        batch, _, frames = x.shape
+        x = self.bottleneck(self.input_norm(x))
+        if self.pos_encoding is not None:
+            x = x + self.pos_encoding(frames).transpose(0, 1)
+
+        h = x.transpose(1, 2).contiguous()  # the blocks run time-major: [B, L, C]
+        rotation = self.rotary(frames)
+        for block in self.blocks:
+            h = block(h, rotation)
+        h = self.blocks_norm(h).transpose(1, 2)
+        if self.post_norm is not None:
+            h = self.post_norm(h)
+        if self.skip_connection:
+            h = h + x
+
+        h = self.speaker_split(self.prelu(h))  # [B, spks * C, L]
+        h = h.view(batch * self.num_spks, -1, frames)
+        h = torch.tanh(self.mask_value(h)) * torch.sigmoid(self.mask_gate(h))
+        masks = F.relu(self.mask_proj(h))  # [B * spks, N, L]
+        return masks.view(batch, self.num_spks, -1, frames).transpose(0, 1)
+
+
+class MossFormer(nn.Module):
+    """MossFormer separator: encoder, masknet and decoder in one module.
+
+    The keyword arguments and their defaults are those of the official 8 kHz model
+    (42,101,850 parameters). The encoder hop is ``kernel_size // 2``; ``stride`` sets the
+    decoder hop and should equal it.
+
+    Arguments
+    ---------
+    num_spks : int
+        Number of speakers to separate.
+    kernel_size : int
+        Filter length of encoder and decoder, in samples.
+    in_channels : int
+        Channels N of the encoded mixture as seen by masknet and decoder.
+    out_channels : int
+        Channels of the encoder output and inside the masknet.
+    stride : int
+        Decoder hop, in samples.
+    bias : bool
+        Whether the decoder has a bias.
+    num_blocks : int
+        Number of MossFormer blocks.
+    d_model : int
+        Model dimension of the blocks (equal to ``out_channels``).
+    attn_dropout : float
+        Dropout inside the blocks.
+    group_size : int
+        Frames per group of the local attention.
+    query_key_dim : int
+        Channels of queries and keys.
+    expansion_factor : float
+        Width of the value/gate projection relative to ``d_model``.
+    causal : bool
+        If True, the attention never looks ahead.
+    norm : str
+        Normalisation type of the masknet (see :class:`MossFormerMaskNet`).
+
+    Example
+    -------
+    >>> model = MossFormer(
+    ...     in_channels=64, out_channels=64, num_blocks=2, d_model=64,
+    ...     group_size=16, query_key_dim=32,
+    ... ).eval()
+    >>> model(torch.randn(2, 1001)).shape
+    torch.Size([2, 1001, 2])
+    """
+
+    def __init__(
+        self,
+        num_spks=2,
+        kernel_size=16,
+        in_channels=512,
+        out_channels=512,
+        stride=8,
+        bias=False,
+        num_blocks=24,
+        d_model=512,
+        attn_dropout=0.1,
+        group_size=256,
+        query_key_dim=128,
+        expansion_factor=4.0,
+        causal=False,
+        norm="ln",
+    ):
+        super().__init__()
+        self.encoder = MossFormerEncoder(kernel_size=kernel_size, out_channels=out_channels)
+        self.masknet = MossFormerMaskNet(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            num_blocks=num_blocks,
+            d_model=d_model,
+            attn_dropout=attn_dropout,
+            group_size=group_size,
+            query_key_dim=query_key_dim,
+            expansion_factor=expansion_factor,
+            causal=causal,
+            norm=norm,
+            num_spks=num_spks,
+        )
+        self.decoder = MossFormerDecoder(
+            in_channels=in_channels,
+            out_channels=1,
+            kernel_size=kernel_size,
+            stride=stride,
+            bias=bias,
+        )
+
+    @classmethod
+    def from_modules(cls, encoder, masknet, decoder):
+        """Wraps existing encoder, masknet and decoder modules (weights shared, not copied).
+
+        Arguments
+        ---------
+        encoder : MossFormerEncoder
+        masknet : MossFormerMaskNet
+        decoder : MossFormerDecoder
+
+        Returns
+        -------
+        MossFormer
+
+        Example
+        -------
+        >>> encoder = MossFormerEncoder(out_channels=32)
+        >>> masknet = MossFormerMaskNet(32, 32, num_blocks=1, group_size=8, query_key_dim=16)
+        >>> decoder = MossFormerDecoder(in_channels=32)
+        >>> model = MossFormer.from_modules(encoder, masknet, decoder)
+        >>> model.masknet is masknet
+        True
+        """
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.encoder, model.masknet, model.decoder = encoder, masknet, decoder
+        return model
+
+    @property
+    def num_spks(self):
+        """Number of separated sources."""
+        return self.masknet.num_spks
+
+    @property
+    def config(self):
+        """The constructor arguments that rebuild this model (for ``configuration.json``)."""
+        block = self.masknet.blocks[0]
+        d_model = self.masknet.bottleneck.out_channels
+        return dict(
+            num_spks=self.num_spks,
+            kernel_size=self.encoder.conv1d.kernel_size[0],
+            in_channels=self.decoder.in_channels,
+            out_channels=self.encoder.conv1d.out_channels,
+            stride=self.decoder.stride[0],
+            bias=self.decoder.bias is not None,
+            num_blocks=len(self.masknet.blocks),
+            d_model=d_model,
+            attn_dropout=block.attention_dropout.p,
+            group_size=block.group_size,
+            query_key_dim=block.qk_gain.shape[-1],
+            expansion_factor=block.to_hidden.linear.out_features / d_model,
+            causal=block.causal,
+            norm=self.masknet.norm_type,
+        )
+
+    def forward(self, mix):
+        """Separates the mixtures ``mix`` [B, T] into sources [B, T, num_spks]."""
+        mix_w = self.encoder(mix)  # [B, N, L]
+        masks = self.masknet(mix_w)  # [spks, B, N, L]
+        separated = mix_w.unsqueeze(0) * masks
+        # All speakers through the decoder in one call: [spks * B, N, L] -> [spks * B, T'].
+        sources = self.decoder(separated.flatten(0, 1)).view(self.num_spks, mix.shape[0], -1)
+        sources = sources.permute(1, 2, 0)  # [B, T', spks]
+        # The frames do not cover every sample: zero-pad (or crop) to the input length.
+        return F.pad(sources, (0, 0, 0, mix.shape[-1] - sources.shape[1]))

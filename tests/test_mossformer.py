@@ -1,0 +1,349 @@
+"""MossFormer: parity with the reference implementation (ModelScope) and checkpoint conversion.
+
+The reference is only an oracle here: it is built with seeded random weights (every tensor
+perturbed, so identity-initialised norms and gains are exercised), saved in the official
+three-file layout, and our model is loaded from those files through the converter.
+"""
+
+import doctest
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hyperpyyaml import load_hyperpyyaml
+
+from speechbrain_ext import convert
+from speechbrain_ext.convert import (
+    CheckpointMismatchError,
+    mossformer_from_official,
+    mossformer_to_official,
+)
+from speechbrain_ext.lobes.models import mossformer as mossformer_module
+from speechbrain_ext.lobes.models.mossformer import MossFormer
+
+from modelscope.models.audio.separation import mossformer as reference  # the parity oracle
+
+HPARAMS = os.path.join(os.path.dirname(__file__), "..", "hparams", "mossformer.yaml")
+
+OFFICIAL = dict(
+    num_spks=2, kernel_size=16, in_channels=512, out_channels=512, stride=8, bias=False,
+    num_blocks=24, d_model=512, attn_dropout=0.1, group_size=256, query_key_dim=128,
+    expansion_factor=4.0, causal=False, norm="ln",
+)
+SMALL = dict(OFFICIAL, in_channels=64, out_channels=64, d_model=64, num_blocks=2, group_size=16, query_key_dim=32)
+PARTS = {"encoder": "encoder", "masknet": "mask_net", "decoder": "decoder"}
+
+# Lengths in samples: neither a multiple of the stride (8) nor, in frames, of the group size
+# (16 in SMALL), and one that is both (160 frames = 10 groups), so that both the partial-group
+# path and the plain one run.
+ODD_LENGTHS = (1237, 4001)
+ALIGNED_LENGTH = 159 * 8 + 16
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    """Run as on the 2-core CI machine; restore the setting for other test files."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def build_reference(config, directory, seed=0):
+    """The reference MossFormer with every official tensor randomly perturbed, in eval mode."""
+    torch.manual_seed(seed)
+    model = reference.MossFormer(str(directory), **config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            noise = torch.randn(tensor.shape, generator=generator)
+            if name.endswith("qk_offset_scale.gamma"):
+                tensor.copy_(noise)  # large q/k scales, so that the attention matters
+            elif name.endswith("qk_offset_scale.beta"):
+                tensor.copy_(0.1 * noise)
+            else:
+                tensor.mul_(1 + 0.3 * noise).add_(0.02 * torch.randn(tensor.shape, generator=generator))
+    return model.eval()
+
+
+def save_official(model, directory):
+    """Writes the reference's modules as ModelScope's encoder.bin, masknet.bin, decoder.bin."""
+    os.makedirs(directory, exist_ok=True)
+    for filename, attribute in PARTS.items():
+        torch.save(getattr(model, attribute).state_dict(), os.path.join(directory, f"{filename}.bin"))
+    return directory
+
+
+def mixtures(batch, length, seed=0):
+    return 0.3 * torch.randn(batch, length, generator=torch.Generator().manual_seed(seed))
+
+
+def si_snr(estimate, target):
+    """SI-SNR in dB of ``estimate`` against ``target``, both [B, T, S]: one value per source."""
+    estimate = estimate - estimate.mean(dim=1, keepdim=True)
+    target = target - target.mean(dim=1, keepdim=True)
+    projection = (estimate * target).sum(1, keepdim=True) / target.pow(2).sum(1, keepdim=True) * target
+    noise = estimate - projection
+    return 10 * torch.log10(projection.pow(2).sum(1) / noise.pow(2).sum(1).clamp_min(1e-20))
+
+
+def assert_parity(ours, theirs):
+    assert ours.shape == theirs.shape
+    max_error = (ours - theirs).abs().max().item()
+    worst_si_snr = si_snr(ours.double(), theirs.double()).min().item()
+    assert max_error <= 1e-3, f"max |difference| {max_error:.2e}"
+    assert worst_si_snr >= 50, f"SI-SNR {worst_si_snr:.1f} dB"
+    return max_error, worst_si_snr
+
+
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory):
+    """(reference, ours, official directory) for the SMALL configuration."""
+    directory = tmp_path_factory.mktemp("mossformer_small")
+    theirs = build_reference(SMALL, directory)
+    save_official(theirs, directory)
+    return theirs, mossformer_from_official(directory, **SMALL), directory
+
+
+@pytest.mark.parametrize("length", ODD_LENGTHS + (ALIGNED_LENGTH,))
+def test_parity_small(small_pair, length):
+    theirs, ours, _ = small_pair
+    mix = mixtures(2, length)
+    with torch.inference_mode():
+        assert_parity(ours(mix), theirs(mix))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [dict(causal=True), dict(norm="gln"), dict(norm="cln"), dict(num_spks=3), dict(bias=True)],
+    ids=lambda variant: "-".join(f"{k}={v}" for k, v in variant.items()),
+)
+def test_parity_variants(tmp_path, variant):
+    config = dict(SMALL, **variant)
+    theirs = build_reference(config, tmp_path, seed=3)
+    ours = mossformer_from_official(save_official(theirs, tmp_path), **config)
+    for length in ODD_LENGTHS:
+        mix = mixtures(2, length, seed=length)
+        with torch.inference_mode():
+            assert_parity(ours(mix), theirs(mix))
+
+
+def test_parity_official_size(tmp_path):
+    """The official architecture (24 blocks of 512) on 0.5 s of 8 kHz audio, batch 2."""
+    theirs = build_reference(OFFICIAL, tmp_path, seed=7)
+    save_official(theirs, tmp_path)
+    assert len(torch.load(tmp_path / "masknet.bin", weights_only=True)) == 377
+    with open(tmp_path / "configuration.json", "w") as file:
+        json.dump({"framework": "pytorch", "task": "speech-separation",
+                   "model": {"type": "speech_mossformer_separation_temporal_8k", **OFFICIAL}}, file)
+
+    ours = mossformer_from_official(tmp_path)
+    assert sum(p.numel() for p in ours.parameters()) == 42_101_850
+    mix = mixtures(2, 4003)  # 499 frames: one full group of 256 and a partial one
+    with torch.inference_mode():
+        assert_parity(ours(mix), theirs(mix))
+
+
+def test_grad_mode_matches_inference_mode(small_pair):
+    """The in-place inference path and the autograd path compute the same thing."""
+    _, ours, _ = small_pair
+    mix = mixtures(1, ODD_LENGTHS[0])
+    with torch.inference_mode():
+        fast = ours(mix)
+    assert torch.allclose(ours(mix), fast, atol=1e-6)
+
+
+def test_gradients_match_reference(tmp_path):
+    """Backward through our in-place updates gives the reference's gradients (no dropout)."""
+    config = dict(SMALL, attn_dropout=0.0)
+    theirs = build_reference(config, tmp_path, seed=5).train()
+    ours = mossformer_from_official(save_official(theirs, tmp_path), **config).train()
+    mix = mixtures(2, ODD_LENGTHS[0])
+    projection = torch.randn(2, ODD_LENGTHS[0], 2, generator=torch.Generator().manual_seed(9))
+    gradients = []
+    for model in (ours, theirs):
+        inputs = mix.clone().requires_grad_()
+        (model(inputs) * projection).sum().backward()
+        gradients.append(inputs.grad)
+    assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-5 * gradients[1].abs().max())
+    first_block = ours.masknet.blocks[0].to_hidden.linear.weight.grad
+    official = theirs.mask_net.mdl.att_mdl.mossformerM.layers[0].to_hidden.mdl[1].weight.grad
+    assert torch.allclose(first_block, official, rtol=1e-4, atol=1e-5 * official.abs().max())
+
+
+def test_round_trip_loads_strictly_into_reference(small_pair, tmp_path):
+    theirs, ours, _ = small_pair
+    official = mossformer_to_official(ours, tmp_path / "exported")
+    assert {f.name for f in (tmp_path / "exported").iterdir()} == {
+        "encoder.bin", "masknet.bin", "decoder.bin", "configuration.json"
+    }
+    rebuilt = reference.MossFormer(str(tmp_path), **SMALL).eval()
+    for part, attribute in PARTS.items():
+        getattr(rebuilt, attribute).load_state_dict(official[part], strict=True)
+    # ModelScope's own loader reads the written files (it uses torch.load as the reference does).
+    rebuilt.load_check_point(str(tmp_path / "exported"))
+
+    again = mossformer_from_official(tmp_path / "exported")  # kwargs from configuration.json
+    assert again.config == ours.config
+    mix = mixtures(2, ODD_LENGTHS[1])
+    with torch.inference_mode():
+        expected = ours(mix)
+        assert torch.equal(rebuilt(mix), theirs(mix))
+        assert torch.equal(again(mix), expected)
+
+
+def test_accepted_checkpoint_layouts(small_pair, tmp_path):
+    theirs, ours, directory = small_pair
+    files = {part: os.path.join(directory, f"{part}.bin") for part in PARTS}
+    torch.save(theirs.state_dict(), tmp_path / "merged.pt")
+    in_memory = {part: getattr(theirs, attribute).state_dict() for part, attribute in PARTS.items()}
+    layouts = {
+        "merged reference state dict": theirs.state_dict(),
+        "merged with masknet. prefix": {k.replace("mask_net.", "masknet.", 1): v for k, v in theirs.state_dict().items()},
+        "dict of state dicts": in_memory,
+        "dict with mask_net key": {PARTS[part]: state for part, state in in_memory.items()},
+        "dict of paths": files,
+        "tuple": (in_memory["encoder"], in_memory["masknet"], in_memory["decoder"]),
+        "training checkpoint": {"model": {f"module.{k}": v for k, v in theirs.state_dict().items()}},
+        "merged file": str(tmp_path / "merged.pt"),
+    }
+    expected = ours.state_dict()
+    for layout, checkpoint in layouts.items():
+        loaded = mossformer_from_official(checkpoint, **SMALL).state_dict()
+        assert loaded.keys() == expected.keys(), layout
+        assert all(torch.equal(loaded[k], expected[k]) for k in expected), layout
+
+
+def test_configuration_json_overrides_defaults(small_pair, tmp_path):
+    theirs, _, _ = small_pair
+    save_official(theirs, tmp_path)
+    # A nested section and unknown keys are tolerated; explicit kwargs win over the file.
+    model_section = {"type": "speech_mossformer_separation_temporal_8k", "model_config": SMALL, "lr": 1e-3}
+    with open(tmp_path / "configuration.json", "w") as file:
+        json.dump({"framework": "pytorch", "model": model_section}, file)
+    model = mossformer_from_official(tmp_path)
+    assert model.config == {**SMALL, "expansion_factor": 4.0}
+    assert mossformer_from_official(tmp_path, attn_dropout=0.0).config["attn_dropout"] == 0.0
+
+
+def _official_parts(model):
+    return {part: dict(getattr(model, attribute).state_dict()) for part, attribute in PARTS.items()}
+
+
+def test_rejects_missing_tensor(small_pair):
+    parts = _official_parts(small_pair[0])
+    del parts["masknet"]["mdl.att_mdl.mossformerM.layers.1.to_qk.mdl.1.bias"]
+    with pytest.raises(CheckpointMismatchError, match=r"missing 1 .*layers\.1\.to_qk\.mdl\.1\.bias"):
+        mossformer_from_official(parts, **SMALL)
+
+
+def test_rejects_missing_rotary_frequencies(small_pair):
+    parts = _official_parts(small_pair[0])
+    del parts["masknet"]["mdl.att_mdl.mossformerM.layers.0.rotary_pos_emb.freqs"]
+    with pytest.raises(CheckpointMismatchError, match=r"missing .*layers\.0\.rotary_pos_emb\.freqs"):
+        mossformer_from_official(parts, **SMALL)
+
+
+def test_rejects_extra_tensor(small_pair):
+    parts = _official_parts(small_pair[0])
+    parts["encoder"]["conv1d.bias"] = torch.zeros(SMALL["out_channels"])
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected 1 .*encoder/conv1d\.bias"):
+        mossformer_from_official(parts, **SMALL)
+
+
+def test_rejects_wrong_configuration(small_pair):
+    """More blocks in the checkpoint than in the model: every surplus tensor is unexpected."""
+    parts = _official_parts(small_pair[0])
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected 15 .*layers\.1\."):
+        mossformer_from_official(parts, **dict(SMALL, num_blocks=1))
+    with pytest.raises(CheckpointMismatchError, match=r"wrong shape: .*qk_offset_scale"):
+        mossformer_from_official(parts, **dict(SMALL, query_key_dim=16))
+
+
+def test_rejects_inconsistent_rotary_frequencies(small_pair):
+    parts = _official_parts(small_pair[0])
+    name = "mdl.att_mdl.mossformerM.layers.1.rotary_pos_emb.freqs"
+    parts["masknet"][name] = parts["masknet"][name] * 2
+    with pytest.raises(CheckpointMismatchError, match="rotary"):
+        mossformer_from_official(parts, **SMALL)
+
+
+def test_speechbrain_recipe_contract(small_pair):
+    """Separation exactly as the forward pass of SpeechBrain's WSJ0Mix SepFormer recipe."""
+    theirs, model, _ = small_pair
+    encoder, masknet, decoder = model.encoder, model.masknet, model.decoder
+    num_spks = SMALL["num_spks"]
+    mix = mixtures(2, ODD_LENGTHS[0])
+    with torch.inference_mode():
+        mix_w = encoder(mix)
+        est_mask = masknet(mix_w)
+        mix_w = torch.stack([mix_w] * num_spks)
+        sep_h = mix_w * est_mask
+        est_source = torch.cat(
+            [decoder(sep_h[i]).unsqueeze(-1) for i in range(num_spks)],
+            dim=-1,
+        )
+        # The recipe then zero-pads (or crops) the estimate to the mixture's length.
+        est_source = F.pad(est_source, (0, 0, 0, mix.shape[1] - est_source.shape[1]))
+        frames = (mix.shape[1] - 16) // 8 + 1
+        assert encoder(mix).shape == (2, SMALL["in_channels"], frames)
+        assert est_mask.shape == (num_spks, 2, SMALL["in_channels"], frames)
+        assert decoder(sep_h[0]).shape == (2, (frames - 1) * 8 + 16)
+        assert_parity(est_source, theirs(mix))
+
+
+def test_hparams_yaml_instantiates(small_pair):
+    overrides = {"sample_rate": 16000, "num_blocks": 2, "d_model": 64, "N_encoder_out": 64,
+                 "group_size": 16, "query_key_dim": 32}
+    with open(HPARAMS) as file:
+        hparams = load_hyperpyyaml(file, overrides=overrides)
+    assert hparams["sample_rate"] == 16000 and hparams["num_spks"] == 2
+    assert set(hparams["modules"]) == {"encoder", "masknet", "decoder"}
+    separator = hparams["separator"]
+    assert separator.masknet is hparams["masknet"] and separator.encoder is hparams["encoder"]
+    assert separator.config == SMALL
+    # Converted official weights go into the yaml's modules under the same names.
+    theirs, converted, _ = small_pair
+    for name, module in hparams["modules"].items():
+        module.load_state_dict(getattr(converted, name).state_dict(), strict=True)
+    mix = mixtures(1, ODD_LENGTHS[0])
+    with torch.inference_mode():
+        assert_parity(separator.eval()(mix), theirs(mix))
+    # The default configuration is the official model.
+    with open(HPARAMS) as file:
+        official = load_hyperpyyaml(file)
+    assert official["sample_rate"] == 8000
+    assert official["separator"].config == OFFICIAL
+    assert sum(p.numel() for p in official["separator"].parameters()) == 42_101_850
+
+
+def test_training_step_lowers_pit_loss():
+    from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
+
+    torch.manual_seed(0)
+    model = MossFormer(**dict(SMALL, num_blocks=1, attn_dropout=0.0)).train()
+    sources = 0.3 * torch.randn(2, 1201, 2)
+    mix = sources.sum(-1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    loss = get_si_snr_with_pitwrapper(sources, model(mix)).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in trainable)
+    assert all(p.grad.abs().sum() > 0 for n, p in trainable), "a parameter gets no gradient"
+    optimizer.step()
+
+    assert get_si_snr_with_pitwrapper(sources, model(mix)).mean() < loss
+
+
+def test_doctests():
+    for module, only in ((mossformer_module, None), (convert, "mossformer")):
+        finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+        for test in finder.find(module):
+            if only is None or only in test.name:
+                runner.run(test)
+        results = runner.summarize(verbose=False)
+        assert results.attempted > 0 and results.failed == 0
