@@ -74,6 +74,7 @@ def _process(task, args):
     from tqdm import tqdm
 
     from speechbrain_ext.inference.audio import audio_info
+    from speechbrain_ext.inference.streaming import stream_file
 
     inputs, failed = collect_inputs(args.inputs)
     model = _load_model(task, args)
@@ -103,12 +104,16 @@ def _process(task, args):
         for path, relative, outputs in todo:
             progress.set_postfix_str(os.path.basename(path))
             try:
-                if task == "enhancement":
-                    result = model.enhance_file(path, outputs[0], **options)
+                if task == "separation":
+                    model.separate_file(path, os.path.dirname(outputs[0]), **options)
+                else:
+                    if args.stream:
+                        result = stream_file(model, path, outputs[0], block_size=args.block_size,
+                                             channels=channels, output_rate=output_rate, subtype=args.subtype)
+                    else:
+                        result = model.enhance_file(path, outputs[0], **options)
                     if result["clipped_samples"]:
                         tqdm.write(f"{path}: {result['clipped_samples']} samples clipped to full scale")
-                else:
-                    model.separate_file(path, os.path.dirname(outputs[0]), **options)
                 done.append(path)
             except Exception as error:
                 message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
@@ -188,6 +193,9 @@ def build_parser():
 
     enhance = commands.add_parser("enhance", help="remove noise from speech files with FRCRN (16 kHz)")
     _add_processing_arguments(enhance, "enhancement")
+    enhance.add_argument("--stream", action="store_true",
+                         help="process block by block as a live input would be (needs a causal model, 40 ms latency)")
+    enhance.add_argument("--block-size", type=int, default=320, help="samples per block with --stream (default: 320)")
     enhance.set_defaults(run=_run_enhance)
 
     separate = commands.add_parser("separate", help="separate two speakers with MossFormer (8 kHz)")

@@ -119,3 +119,16 @@ def test_unloadable_model_is_one_sentence(tmp_path):
     result = run("enhance", tmp_path, "-o", tmp_path / "out", "--model", tmp_path / "nothing-here")
     assert result.returncode != 0
     assert "cannot load model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_enhance_stream_with_a_causal_model(tmp_path):
+    torch.manual_seed(0)
+    card = tmp_path / "causal"
+    card.mkdir()
+    (card / "hyperparams.yaml").write_text(SMALL_FRCRN_CARD.replace("fsmn_hidden: 8", "fsmn_hidden: 8\n    causal: True"))
+    torch.save(FRCRN(channels=8, fsmn_hidden=8, causal=True).state_dict(), card / "model.ckpt")
+    sf.write(tmp_path / "in.wav", speech_like(1.0, 16000, seed=3), 16000)
+    result = run("enhance", tmp_path / "in.wav", "-o", tmp_path / "out", "--model", card, "--stream",
+                 "--block-size", "77")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sf.info(tmp_path / "out" / "in.wav").frames == 16000

@@ -2,5 +2,6 @@
 
 from speechbrain_ext.inference.enhancement import EnhanceFRCRN
 from speechbrain_ext.inference.separation import SeparateMossFormer
+from speechbrain_ext.inference.streaming import FRCRNStreamer, stream_file
 
-__all__ = ["EnhanceFRCRN", "SeparateMossFormer"]
+__all__ = ["EnhanceFRCRN", "FRCRNStreamer", "SeparateMossFormer", "stream_file"]

@@ -6,8 +6,16 @@ along the frequency axis (its "frequency recurrence": each bin sees the bins bel
 along time in the UNet bottleneck. Working directly on ``[B, C, F, T]`` maps, with the linear
 layers applied as 1x1 convolutions, avoids transposing the map to ``[..., seq, C]`` and back.
 
+The memory sees only past steps, so along time the blocks are causal and can run a stream step
+by step (``step(x, state, weights) -> (y, state)``, the protocol of
+:mod:`speechbrain_ext.nnet.complex`); the state is the last ``memory_order - 1`` projections.
+The step runs the feed-forward layers as matrix products on channel rows, which costs much less
+than convolution calls on a single frame.
+
 Authors: speechbrain-ext contributors
 """
+
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -37,6 +45,14 @@ class FSMN(nn.Module):
     >>> block = FSMN(16, 32, memory_order=5, axis="freq")
     >>> block(torch.randn(2, 16, 40, 7)).shape
     torch.Size([2, 16, 40, 7])
+    >>> # Along time the block streams: one step at a time, carrying the memory as state.
+    >>> block = FSMN(16, 32, memory_order=5, axis="time")
+    >>> x, state, steps = torch.randn(2, 16, 3, 7), None, []
+    >>> for frame in x.split(1, dim=-1):
+    ...     y, state = block.step(frame, state)
+    ...     steps.append(y)
+    >>> torch.allclose(torch.cat(steps, dim=-1), block(x), atol=1e-5), state.shape  # [B, F, taps, C]
+    (True, torch.Size([2, 3, 4, 16]))
     """
 
     def __init__(self, channels, hidden_size, memory_order=20, axis="freq"):
@@ -54,6 +70,22 @@ class FSMN(nn.Module):
     def forward(self, x):
         """Apply the block to ``x`` [B, C, F, T]."""
         return x + _memory_residual(x, [self], parts=1)
+
+    def fused_weights(self):
+        """The :class:`FSMNWeights` :meth:`step` runs with (a function of the parameters)."""
+        return _fuse_step_weights([self], parts=1)
+
+    def step(self, x, state=None, weights=None):
+        """Apply the block to the next steps ``x`` [B, C, F, T] of a stream.
+
+        ``state`` holds the last ``memory_order - 1`` projections along time, ``[B, F,
+        memory_order - 1, C]`` (``None`` at the start; along frequency, where each frame is
+        complete, it stays ``None``); ``weights`` are :meth:`fused_weights`, precomputed.
+        Returns ``(y, state)``.
+        """
+        weights = self.fused_weights() if weights is None else weights
+        residual, state = _step_residual(x, weights, 1, self.axis, state)
+        return x + residual, state
 
 
 def _memory_residual(x, blocks, parts):
@@ -76,9 +108,7 @@ def _memory_residual(x, blocks, parts):
     hidden = F.relu(F.conv2d(x, linear_w, linear_b, groups=parts))
     projected = F.conv2d(hidden, project_w, groups=parts * per_part)
 
-    memory = torch.cat([b.memory for b in blocks] * parts)
-    # p + memory(p) as one filter: add the identity to the tap of the current step.
-    memory = (memory + F.one_hot(torch.tensor(first.memory_order - 1), first.memory_order).to(memory))[:, None]
+    memory = _fuse_memory(blocks, parts)
     # Causal filtering: pad both ends inside the convolution (cheaper than F.pad, which copies
     # the map) and keep the first outputs, which saw only left context.
     taps = first.memory_order - 1
@@ -88,6 +118,80 @@ def _memory_residual(x, blocks, parts):
         return filtered[:, :, :length]
     filtered = F.conv2d(projected, memory[:, :, None, :], padding=(0, taps), groups=memory.shape[0])
     return filtered[:, :, :, :length]
+
+
+def _fuse_memory(blocks, parts):
+    """``[parts * len(blocks) * C, 1, memory_order]`` memory filters, part-major."""
+    order = blocks[0].memory_order
+    memory = torch.cat([b.memory for b in blocks] * parts)
+    # p + memory(p) as one filter: add the identity to the tap of the current step.
+    return (memory + F.one_hot(torch.tensor(order - 1), order).to(memory))[:, None]
+
+
+class FSMNWeights(NamedTuple):
+    """FSMN blocks as :meth:`FSMN.step` runs them, on rows of channels (channels-last maps).
+
+    linear, linear_bias : ``[blocks * H, C]``, every block's first layer (shared by the parts).
+    project : ``[blocks * C, blocks * H]``, block-diagonal: each block's projection.
+    memory : ``[parts * blocks * C, 1, memory_order, 1]`` (frequency) or ``[..., 1, memory_order]``
+        (time) depthwise filters, part-major, with the identity added to the tap of the current
+        step (``p + memory(p)`` as one filter).
+    """
+
+    linear: torch.Tensor
+    linear_bias: torch.Tensor
+    project: torch.Tensor
+    memory: torch.Tensor
+
+
+def _fuse_step_weights(blocks, parts):
+    memory = _fuse_memory(blocks, parts)  # [P, 1, order]: a (freq, time) kernel of the axis
+    memory = memory[..., None] if blocks[0].axis == "freq" else memory[:, :, None, :]
+    return FSMNWeights(
+        torch.cat([b.linear.weight for b in blocks]),
+        torch.cat([b.linear.bias for b in blocks]),
+        torch.block_diag(*[b.project.weight for b in blocks]),
+        memory.contiguous(),
+    )
+
+
+#: Up to this many window elements (bins x frames x channels x taps), :func:`_step_residual`
+#: filters as a product of unfolded windows: cheaper than a convolution call's fixed cost.
+_SMALL_MEMORY_WINDOWS = 1 << 16
+
+
+def _step_residual(x, weights, parts, axis, history):
+    """:func:`_memory_residual` for the next steps ``x`` of a stream; returns ``(residual, history)``.
+
+    The feed-forward layers run as matrix products on the rows of the channels-last map
+    (``[B, F, T, parts, C]``): on a frame or two, a matrix product costs a fraction of a
+    convolution call. Their output, ``[B, F, T, parts * blocks * C]``, is already in the
+    part-major channel order of :func:`_memory_residual`. The memory filters then run over
+    windows of it, or as the same depthwise convolution when the windows are large. Along
+    time, ``history`` holds the last ``memory_order - 1`` projections ``[B, F, taps, P]``
+    (``None``: zeros).
+    """
+    batch, channels, bins, frames = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(batch, bins, frames, parts, channels // parts)
+    hidden = torch.relu_(F.linear(rows, weights.linear, weights.linear_bias))
+    projected = F.linear(hidden, weights.project).view(batch, bins, frames, -1)  # [B, F, T, P]
+    memory = weights.memory
+    outputs, order = memory.shape[0], max(memory.shape[2:])
+    taps = order - 1
+    if axis == "time":
+        if history is None:
+            history = projected.new_zeros(batch, bins, taps, outputs)
+        with_past = torch.cat([history, projected], dim=2)
+        history = with_past[:, :, with_past.shape[2] - taps :].clone()
+        windows = with_past.unfold(2, order, 1)  # [B, F, T, P, order]
+    elif bins * frames * outputs * order > _SMALL_MEMORY_WINDOWS:
+        channels_last = projected.permute(0, 3, 1, 2)
+        filtered = F.conv2d(channels_last, memory, padding=(taps, 0), groups=outputs)
+        return filtered.narrow(2, 0, bins), history
+    else:
+        windows = torch.constant_pad_nd(projected, (0, 0, 0, 0, taps, 0)).unfold(1, order, 1)  # [B, F, T, P, order]
+    filtered = (windows * memory.view(outputs, order)).sum(-1)
+    return filtered.permute(0, 3, 1, 2), history
 
 
 class ComplexFSMN(nn.Module):
@@ -113,6 +217,14 @@ class ComplexFSMN(nn.Module):
     >>> block = ComplexFSMN(16, 32, memory_order=5, axis="freq")
     >>> block(torch.randn(2, 32, 40, 7)).shape
     torch.Size([2, 32, 40, 7])
+    >>> # Along time the block streams: one step at a time, carrying the memory as state.
+    >>> block = ComplexFSMN(16, 32, memory_order=5, axis="time")
+    >>> x, weights, state, steps = torch.randn(2, 32, 1, 7), block.fused_weights(), None, []
+    >>> for frame in x.split(1, dim=-1):
+    ...     y, state = block.step(frame, state, weights)
+    ...     steps.append(y)
+    >>> torch.allclose(torch.cat(steps, dim=-1), block(x), atol=1e-5), state.shape  # [B, F, taps, 4C]
+    (True, torch.Size([2, 1, 4, 64]))
     """
 
     def __init__(self, channels, hidden_size, memory_order=20, axis="freq"):
@@ -122,9 +234,24 @@ class ComplexFSMN(nn.Module):
 
     def forward(self, x):
         """Apply the complex block to ``x`` [B, 2C, F, T]."""
-        x_re, x_im = split_complex(x)
         # (x_re | x_im) through (real | imag) blocks, in the residual's part-major order.
-        re_real, re_imag, im_real, im_imag = _memory_residual(x, [self.real, self.imag], parts=2).chunk(4, dim=1)
+        return self._combine(x, _memory_residual(x, [self.real, self.imag], parts=2))
+
+    def fused_weights(self):
+        """Both blocks as one :class:`FSMNWeights`, for :meth:`step`."""
+        return _fuse_step_weights([self.real, self.imag], parts=2)
+
+    def step(self, x, state=None, weights=None):
+        """Apply the complex block to the next steps ``x`` of a stream; see :meth:`FSMN.step`."""
+        weights = self.fused_weights() if weights is None else weights
+        residual, state = _step_residual(x, weights, 2, self.real.axis, state)
+        return self._combine(x, residual), state
+
+    @staticmethod
+    def _combine(x, residual):
+        """``(R(x_re) - I(x_im)) + j (R(x_im) + I(x_re))`` from ``x`` and the part-major residuals."""
+        x_re, x_im = split_complex(x)
+        re_real, re_imag, im_real, im_imag = residual.chunk(4, dim=1)
         real = (x_re - x_im).add_(re_real).sub_(im_imag)  # in place: no extra large buffers
         imag = (x_im + x_re).add_(im_real).add_(re_imag)
         return torch.cat([real, imag], dim=1)

@@ -133,11 +133,16 @@ class FramedISTFT(nn.Module):
         """``[2F, win_len]`` pseudo-inverse of the analysis basis (computed in float64)."""
         return torch.from_numpy(np.linalg.pinv(analysis_basis(win_len, fft_len))).float()
 
-    def forward(self, spec):
-        """Invert ``spec`` [B, 2, F, N]; returns [B, (N - 1) * win_inc + win_len]."""
+    def synthesize(self, spec):
+        """Windowed frames ``[B, N, win_len]`` of ``spec`` [B, 2, F, N], before overlap-add."""
         batch, _, n_freq, n_frames = spec.shape
         flat = spec.reshape(batch, 2 * n_freq, n_frames).transpose(1, 2)  # [B, N, 2F]
-        frames = (flat @ self.synthesis) * self.window  # [B, N, win_len]
+        return (flat @ self.synthesis) * self.window  # [B, N, win_len]
+
+    def forward(self, spec):
+        """Invert ``spec`` [B, 2, F, N]; returns [B, (N - 1) * win_inc + win_len]."""
+        frames = self.synthesize(spec)
+        n_frames = frames.shape[1]
         length = (n_frames - 1) * self.win_inc + self.win_len
 
         def overlap_add(framed):  # [B, win_len, N] -> [B, length]
@@ -148,3 +153,56 @@ class FramedISTFT(nn.Module):
         wav = overlap_add(frames.transpose(1, 2))
         envelope = overlap_add((self.window**2)[None, :, None].expand(1, -1, n_frames))
         return wav / (envelope + 1e-8)
+
+    def step(self, spec, state=None):
+        """Invert the next frames of a stream by overlap-adding them onto the earlier ones.
+
+        Frame ``n`` completes samples ``n * win_inc ... (n + 1) * win_inc - 1``: no later frame
+        overlaps them. Feeding a spectrum frame by frame therefore returns the waveform of
+        :meth:`forward`, ``win_inc`` samples per frame, except for the last
+        ``win_len - win_inc`` samples, which wait for frames that may still come.
+
+        Arguments
+        ---------
+        spec : torch.Tensor
+            ``[B, 2, F, N]``, the frames after those the ``state`` has seen.
+        state : tuple or None
+            ``(signal, envelope)``: the overlap-added signal ``[B, win_len - win_inc]`` and squared
+            window ``[win_len - win_inc]`` of the earlier frames over the samples still open
+            (``None``: start of stream).
+
+        Returns
+        -------
+        tuple
+            ``[B, N * win_inc]`` completed samples and the new state.
+
+        Example
+        -------
+        >>> stft, istft = FramedSTFT(), FramedISTFT()
+        >>> spec = stft(torch.randn(2, 16000))
+        >>> state, pieces = None, []
+        >>> for frame in spec.split(1, dim=-1):
+        ...     samples, state = istft.step(frame, state)
+        ...     pieces.append(samples)
+        >>> streamed, whole = torch.cat(pieces, dim=-1), istft(spec)
+        >>> # Equal up to float rounding (amplified near the start, where the window vanishes).
+        >>> streamed.shape, torch.allclose(streamed, whole[:, : streamed.shape[-1]], atol=1e-4)
+        (torch.Size([2, 15680]), True)
+        """
+        hop, overlap = self.win_inc, self.win_len - self.win_inc
+        if overlap < 0:
+            raise RuntimeError(f"streaming needs win_len >= win_inc, got {self.win_len} < {self.win_inc}")
+        frames = self.synthesize(spec)
+        if state is None:
+            state = (frames.new_zeros(frames.shape[0], overlap), frames.new_zeros(overlap))
+        signal_tail, envelope_tail = state
+        squared_window = self.window**2
+        completed = []
+        for frame in frames.unbind(dim=1):
+            signal = frame.clone()
+            signal[:, :overlap] += signal_tail
+            envelope = squared_window.clone()
+            envelope[:overlap] += envelope_tail
+            completed.append(signal[:, :hop] / (envelope[:hop] + 1e-8))
+            signal_tail, envelope_tail = signal[:, hop:], envelope[hop:]
+        return torch.cat(completed, dim=-1), (signal_tail, envelope_tail)

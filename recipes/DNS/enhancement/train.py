@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 # Constructor arguments of FRCRN that the model definition (hparams/frcrn.yaml) sets.
 FRCRN_DEFINITION_KEYS = ("win_len", "win_inc", "fft_len", "win_type", "channels", "fsmn_hidden", "fsmn_order",
-                         "se_reduction")
+                         "se_reduction", "causal")
 class FRCRNStages(torch.nn.Module):
     """FRCRN whose ``forward`` returns both stages (:meth:`FRCRN.forward_stages`).
 

@@ -11,6 +11,15 @@ This implementation computes exactly what the official (ModelScope / ClearerVoic
 model computes, so official checkpoints load through
 :func:`speechbrain_ext.convert.frcrn_from_official`.
 
+``FRCRN(causal=True)`` is a causal variant with the same parameters (official weights can
+initialise it for fine-tuning): the output at frame ``t`` depends on frames ``<= t`` only, and
+:class:`speechbrain_ext.inference.streaming.FRCRNStreamer` runs it in real time, one hop at a
+time. It changes four things: the encoder convolutions pad the past only (so every level keeps
+the input's frame count instead of gaining a frame), the decoders' transposed convolutions
+read the current and previous frame instead of the current and next one, the
+squeeze-excitation gates pool a running mean over the frames so far instead of the whole
+utterance, and the FSMN memories, already left-context only, are unchanged.
+
 Authors: speechbrain-ext contributors
 """
 
@@ -64,25 +73,61 @@ class ComplexConvBlock(nn.Module):
         Use a transposed convolution (decoder) instead of a convolution (encoder).
     padding_mode : str
         Padding of the (non-transposed) convolution.
+    causal : bool
+        Causal in time (the time padding must then be 0; see
+        :class:`~speechbrain_ext.nnet.complex.ComplexConv2d`).
 
     Example
     -------
     >>> block = ComplexConvBlock(1, 8, (5, 2), (2, 1), (0, 1))
     >>> block(torch.randn(2, 2, 321, 10)).shape
     torch.Size([2, 16, 159, 11])
+    >>> causal = ComplexConvBlock(1, 8, (5, 2), (2, 1), (0, 0), causal=True).eval()
+    >>> x = torch.randn(2, 2, 321, 10)
+    >>> y, state = causal.step(x[..., :1])  # streaming: one frame at a time
+    >>> causal(x).shape, torch.allclose(y, causal(x)[..., :1], atol=1e-6)
+    (torch.Size([2, 16, 159, 10]), True)
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, transposed=False, padding_mode="zeros"):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        padding,
+        transposed=False,
+        padding_mode="zeros",
+        causal=False,
+    ):
         super().__init__()
         if transposed:
-            self.conv = ComplexConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding)
+            self.conv = ComplexConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, causal=causal)
         else:
-            self.conv = ComplexConv2d(in_channels, out_channels, kernel_size, stride, padding, padding_mode)
+            self.conv = ComplexConv2d(
+                in_channels, out_channels, kernel_size, stride, padding, padding_mode, causal=causal
+            )
         self.norm = ComplexBatchNorm2d(out_channels)
 
     def forward(self, x):
         """``x`` [B, 2*in, F, T] -> [B, 2*out, F', T']."""
         return F.leaky_relu(self.norm(self.conv(x)), negative_slope=0.01, inplace=True)
+
+    def fused_weights(self):
+        """The convolution's step kernel with the batch norm folded in (running statistics)."""
+        norm = self.norm
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return self.conv.fused_weights(scale, norm.bias - norm.running_mean * scale)
+
+    def step(self, x, state=None, weights=None):
+        """Run the block on the next frames ``x`` of a stream, for inference (causal blocks).
+
+        Batch norm uses its running statistics (folded into :meth:`fused_weights`), as in eval
+        mode. Returns ``(y, state)``; see :meth:`ComplexConv2d.step
+        <speechbrain_ext.nnet.complex.ComplexConv2d.step>`.
+        """
+        y, state = self.conv.step(x, state, self.fused_weights() if weights is None else weights)
+        return F.leaky_relu(y, negative_slope=0.01, inplace=True), state
 
 
 class FrequencyRecurrentUNet(nn.Module):
@@ -90,7 +135,8 @@ class FrequencyRecurrentUNet(nn.Module):
 
     Input and output are one complex channel, ``[B, 2, F, N]`` with ``F = 321``. Every encoder
     level adds one frame (time kernel 2, padding 1) and every decoder level removes it again,
-    so the output has as many frames as the input.
+    so the output has as many frames as the input. The causal variant keeps ``N`` frames at
+    every level and can run frame by frame (see :meth:`forward`).
 
     Arguments
     ---------
@@ -103,17 +149,29 @@ class FrequencyRecurrentUNet(nn.Module):
     se_reduction : int
         Bottleneck factor of the squeeze-excitation gates (8 officially).
     padding_mode : str
-        Padding of the encoder convolutions (``'zeros'`` officially).
+        Padding of the encoder convolutions (``'zeros'`` officially; the causal model needs it).
+    causal : bool
+        Use past and current frames only: causal (transposed) convolutions and running-mean
+        squeeze-excitation. The parameters are the same as without it.
 
     Example
     -------
     >>> unet = FrequencyRecurrentUNet(channels=8, fsmn_hidden=8)
     >>> unet(torch.randn(2, 2, 321, 5)).shape
     torch.Size([2, 2, 321, 5])
+    >>> causal = FrequencyRecurrentUNet(channels=8, fsmn_hidden=8, causal=True)
+    >>> causal.load_state_dict(unet.state_dict())  # the same parameters
+    <All keys matched successfully>
     """
 
-    def __init__(self, channels=128, fsmn_hidden=128, fsmn_order=20, se_reduction=8, padding_mode="zeros"):
+    def __init__(
+        self, channels=128, fsmn_hidden=128, fsmn_order=20, se_reduction=8, padding_mode="zeros", causal=False
+    ):
         super().__init__()
+        self.causal = causal
+        # Official: time padding 1 on both sides (a frame more per encoder level, and a frame
+        # of look-ahead per decoder level); causal layers pad the past themselves.
+        time_padding = 0 if causal else 1
         levels = len(_ENCODER_FREQ_KERNELS)
         enc_in = [1] + [channels] * (levels - 1)
         # Decoder inputs are the previous decoder's output concatenated with a skip, except the
@@ -122,7 +180,9 @@ class FrequencyRecurrentUNet(nn.Module):
         dec_out = [channels] * (levels - 1) + [1]
 
         self.encoders = nn.ModuleList(
-            ComplexConvBlock(enc_in[i], channels, (k, 2), (2, 1), (0, 1), padding_mode=padding_mode)
+            ComplexConvBlock(
+                enc_in[i], channels, (k, 2), (2, 1), (0, time_padding), padding_mode=padding_mode, causal=causal
+            )
             for i, k in enumerate(_ENCODER_FREQ_KERNELS)
         )
         # The FSMN before encoder level i (i >= 1) and after decoder level i (i < levels - 1).
@@ -130,48 +190,75 @@ class FrequencyRecurrentUNet(nn.Module):
             ComplexFSMN(channels, fsmn_hidden, fsmn_order, "freq") for _ in range(levels - 1)
         )
         # Gates of the skips from encoder levels 0..5 (the deepest level has no skip).
-        self.skip_gates = nn.ModuleList(ComplexSqueezeExcitation(channels, se_reduction) for _ in range(levels - 1))
+        self.skip_gates = nn.ModuleList(
+            ComplexSqueezeExcitation(channels, se_reduction, causal) for _ in range(levels - 1)
+        )
         self.bottleneck = nn.Sequential(
             ComplexFSMN(channels, fsmn_hidden, fsmn_order, "time"),
             ComplexFSMN(channels, fsmn_hidden, fsmn_order, "time"),
         )
         self.decoders = nn.ModuleList(
-            ComplexConvBlock(dec_in[i], dec_out[i], (k, 2), (2, 1), (0, 1), transposed=True)
+            ComplexConvBlock(dec_in[i], dec_out[i], (k, 2), (2, 1), (0, time_padding), transposed=True, causal=causal)
             for i, k in enumerate(_DECODER_FREQ_KERNELS)
         )
         self.decoder_fsmns = nn.ModuleList(
             ComplexFSMN(channels, fsmn_hidden, fsmn_order, "freq") for _ in range(levels - 1)
         )
         # The official model gates all decoder outputs but the last two.
-        self.decoder_gates = nn.ModuleList(ComplexSqueezeExcitation(channels, se_reduction) for _ in range(levels - 2))
+        self.decoder_gates = nn.ModuleList(
+            ComplexSqueezeExcitation(channels, se_reduction, causal) for _ in range(levels - 2)
+        )
         self.output_layer = ComplexConv2d(1, 1, kernel_size=1)
 
-    def forward(self, x):
-        """``x`` [B, 2, F, N] -> [B, 2, F, N] (unbounded; FRCRN applies tanh to get a mask)."""
+    def forward(self, x, stream=None):
+        """``x`` [B, 2, F, N] -> [B, 2, F, N] (unbounded; FRCRN applies tanh to get a mask).
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[B, 2, F, N]`` complex spectrum.
+        stream : object, optional
+            Causal model only: run ``x`` as the next frames of a stream. ``stream.apply(layer,
+            x)`` must run ``layer.step`` with that layer's state and return its output (see
+            :class:`speechbrain_ext.inference.streaming.FRCRNStreamer`, which also keeps the
+            weights precomputed); every layer goes through it, in the order of the offline pass.
+        """
+        if stream is None:
+            run = _run_whole
+        elif self.causal:
+            run = stream.apply
+        else:
+            raise RuntimeError("only a causal FrequencyRecurrentUNet can run as a stream")
         # Channels-last convolutions are markedly faster on CPU (and fine on GPU); every layer
         # keeps the memory format it is given.
         x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for level, encoder in enumerate(self.encoders):
             if level > 0:
-                x = self.encoder_fsmns[level - 1](x)
-            x = encoder(x)
+                x = run(self.encoder_fsmns[level - 1], x)
+            x = run(encoder, x)
             if level < len(self.skip_gates):
-                skips.append(self.skip_gates[level](x))
+                skips.append(run(self.skip_gates[level], x))
 
-        x = self.bottleneck(x)  # the frequency axis is 1 here: the memory runs over time
+        for fsmn in self.bottleneck:  # the frequency axis is 1 here: the memory runs over time
+            x = run(fsmn, x)
 
         last = len(self.decoders) - 1
         for level, decoder in enumerate(self.decoders):
-            x = decoder(x)
+            x = run(decoder, x)
             if level == last:
                 break
-            x = self.decoder_fsmns[level](x)
+            x = run(self.decoder_fsmns[level], x)
             if level < len(self.decoder_gates):
-                x = self.decoder_gates[level](x)
+                x = run(self.decoder_gates[level], x)
             # Pair with the gated encoder output of the same resolution.
             x = complex_cat([x, skips[last - 1 - level]])
-        return self.output_layer(x).contiguous()
+        return run(self.output_layer, x).contiguous()
+
+
+def _run_whole(layer, x):
+    """Apply ``layer`` to a whole signal (the offline pass)."""
+    return layer(x)
 
 
 class FRCRN(nn.Module):
@@ -201,6 +288,10 @@ class FRCRN(nn.Module):
         STFT window; ``'hanning'`` (the official configuration's spelling) means ``'hann'``.
     channels, fsmn_hidden, fsmn_order, se_reduction : int
         Width of the UNets; see :class:`FrequencyRecurrentUNet`.
+    causal : bool
+        Build the causal variant (see the module docstring): enhanced sample ``s`` depends on
+        input samples before ``(s // win_inc) * win_inc + win_len`` only. Same parameters as the
+        non-causal model; needs ``padding_mode='zeros'``.
 
     Example
     -------
@@ -211,6 +302,14 @@ class FRCRN(nn.Module):
     >>> first, second = model.forward_stages(noisy)
     >>> second.mask.shape  # [B, (real, imag), F, frames]
     torch.Size([2, 2, 321, 49])
+    >>> causal = FRCRN(channels=8, fsmn_hidden=8, causal=True).eval()
+    >>> causal.load_state_dict(model.state_dict())  # e.g. official weights, to fine-tune
+    <All keys matched successfully>
+    >>> noisy = noisy[:1, :6400]
+    >>> later = noisy.clone()
+    >>> later[:, 4000:] = 0  # change the future: the past of the output stays the same
+    >>> torch.equal(causal(noisy)[:, : 4000 - 640], causal(later)[:, : 4000 - 640])
+    True
     """
 
     def __init__(
@@ -228,6 +327,7 @@ class FRCRN(nn.Module):
         fsmn_hidden=128,
         fsmn_order=20,
         se_reduction=8,
+        causal=False,
     ):
         super().__init__()
         if not complex or model_depth != 14:
@@ -241,6 +341,7 @@ class FRCRN(nn.Module):
         if log_amp:
             raise ValueError("log_amp=True is not part of FRCRN (the reference ignores it as well)")
         self.win_len, self.win_inc, self.fft_len = win_len, win_inc, fft_len
+        self.causal = causal
         self.stft = FramedSTFT(win_len, win_inc, fft_len, win_type)
         self.istft = FramedISTFT(win_len, win_inc, fft_len, win_type)
         unet_kwargs = dict(
@@ -249,6 +350,7 @@ class FRCRN(nn.Module):
             fsmn_order=fsmn_order,
             se_reduction=se_reduction,
             padding_mode=padding_mode,
+            causal=causal,
         )
         self.stage1 = FrequencyRecurrentUNet(**unet_kwargs)
         self.stage2 = FrequencyRecurrentUNet(**unet_kwargs)
@@ -273,11 +375,20 @@ class FRCRN(nn.Module):
                 f"FRCRN needs at least one frame ({self.win_len} samples), got {noisy.shape[-1]}"
             )
         spec = self.stft(noisy)
-        unet1_out = self.stage1(spec)
+        mask1, mask2 = self.estimate_masks(spec)
+        return self._apply_mask(spec, mask1), self._apply_mask(spec, mask2)
+
+    def estimate_masks(self, spec, stream=None):
+        """The first-stage and final complex masks ``[B, 2, F, N]`` for a spectrum ``[B, 2, F, N]``.
+
+        ``stream`` (causal model only) runs ``spec`` as the next frames of a stream; see
+        :meth:`FrequencyRecurrentUNet.forward`.
+        """
+        unet1_out = self.stage1(spec, stream)
         mask1 = torch.tanh(unet1_out)
         # Stage 2 refines stage 1's raw output; its mask is a correction added to mask 1.
-        mask2 = torch.tanh(self.stage2(unet1_out)) + mask1
-        return self._apply_mask(spec, mask1), self._apply_mask(spec, mask2)
+        mask2 = torch.tanh(self.stage2(unet1_out, stream)) + mask1
+        return mask1, mask2
 
     def _apply_mask(self, spec, mask):
         est_spec = complex_multiply(spec, mask)
