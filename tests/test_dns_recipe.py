@@ -278,3 +278,21 @@ def test_finetuning_starts_from_official_weights(dns_folder, tmp_path):
 def test_recipe_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_recipe_trains_a_causal_model_that_streams(dns_folder, tmp_path):
+    import torch
+
+    from speechbrain_ext.inference.streaming import FRCRNStreamer
+    from speechbrain_ext.lobes.models.frcrn import FRCRN
+
+    output = tmp_path / "causal"
+    run_recipe(recipe_command("frcrn_small.yaml", dns_folder, output, *TINY, "--causal", "True", "--batch_size", "2",
+                              "--number_of_epochs", "1", "--test_subsets", "[no_reverb]"))
+    with open(output / "hyperparams.yaml", encoding="utf-8") as stream:
+        assert "causal: true" in stream.read()  # the run trained the causal variant
+    model = FRCRN(channels=8, fsmn_hidden=8, causal=True)
+    model.load_state_dict(torch.load(os.path.join(checkpoints(output)[-1], "model.ckpt"), weights_only=True))
+    streamer = FRCRNStreamer(model.eval())
+    assert streamer.process(torch.zeros(1600)).shape == (1600,)
+    assert_evaluation_written(str(output), "no_reverb")

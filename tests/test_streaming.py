@@ -72,8 +72,8 @@ def test_causal_model_has_the_official_parameters():
     shapes = {name: tensor.shape for name, tensor in official.state_dict().items()}
     assert shapes == {name: tensor.shape for name, tensor in causal.state_dict().items()}
     causal.load_state_dict(official.state_dict())  # official weights initialise a causal model
-    with open("hparams/frcrn_causal.yaml") as stream_:
-        from_yaml = load_hyperpyyaml(stream_, {"channels": 8, "fsmn_hidden": 8})["model"]
+    with open("hparams/frcrn.yaml") as stream_:
+        from_yaml = load_hyperpyyaml(stream_, {"channels": 8, "fsmn_hidden": 8, "causal": True})["model"]
     assert from_yaml.causal and isinstance(from_yaml, FRCRN)
 
 

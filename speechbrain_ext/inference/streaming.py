@@ -115,7 +115,7 @@ class FRCRNStreamer:
     def __init__(self, model, num_threads=1):
         if not getattr(model, "causal", False):
             raise ValueError(
-                "FRCRNStreamer needs a causal model, FRCRN(causal=True) (e.g. hparams/frcrn_causal.yaml): the "
+                "FRCRNStreamer needs a causal model, FRCRN(causal=True) (e.g. hparams/frcrn.yaml with causal: True): the "
                 "official FRCRN pools its attention over the whole utterance and looks one frame ahead per "
                 "decoder level, so it cannot stream. Official weights load into a causal model as a starting "
                 "point for fine-tuning."
