@@ -28,6 +28,7 @@ import time
 
 import speechbrain as sb
 import torch
+from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import ddp_broadcast, get_rank, if_main_process, main_process_only
 from torch.nn.parallel import DistributedDataParallel
@@ -163,6 +164,29 @@ class RecipeBrain(sb.Brain):
         """Append one JSON line to ``history_file`` (full precision, for plots and tests)."""
         with open(self.hparams.history_file, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(entry) + "\n")
+
+    def end_validation(self, epoch, stage_loss, stats):
+        """What every recipe does after a validation pass: log epoch 0 (the model before any
+        update) as such; otherwise step the (optional) ``lr_scheduler``, log train/valid stats,
+        append the history line and keep the checkpoint with the lowest loss."""
+        if epoch == 0:  # the initial (pretrained) model, before any update
+            self.hparams.train_logger.log_stats(stats_meta={"epoch": 0, "model": "initial"}, valid_stats=stats)
+            self.record_history({"epoch": 0, "valid": stats})
+            return
+        current_lr = self.optimizer.param_groups[0]["lr"]
+        scheduler = getattr(self.hparams, "lr_scheduler", None)
+        if scheduler is not None:
+            current_lr, next_lr = scheduler([self.optimizer], epoch, stage_loss)
+            update_learning_rate(self.optimizer, next_lr)
+        meta = {"epoch": epoch, "lr": current_lr, "steps": self.train_steps}
+        if self.resumed_at_step:
+            meta["resumed at step"] = self.resumed_at_step
+        self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=self.train_stats, valid_stats=stats)
+        self.record_history(
+            {"epoch": epoch, "lr": current_lr, "steps": self.train_steps, "resumed_at_step": self.resumed_at_step,
+             "time": time.time(), "train": self.train_stats, "valid": stats}
+        )
+        self.checkpointer.save_and_keep_only(meta={"epoch": epoch, **stats}, min_keys=["loss"])
 
     def validate_initial_model(self, valid_data, loader_kwargs):
         """Validation loss of the model before any update, handed to ``on_stage_end`` as

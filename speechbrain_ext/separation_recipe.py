@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import time
 
 import numpy as np
 import soundfile as sf
@@ -41,7 +40,6 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
-from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_ext.evaluation import (
@@ -802,24 +800,7 @@ class SeparationBrain(RecipeBrain):
             return
         if stage != sb.Stage.VALID:
             return
-        if epoch == 0:  # the initial (pretrained) model, before any update
-            self.hparams.train_logger.log_stats(stats_meta={"epoch": 0, "model": "initial"}, valid_stats=stats)
-            self.record_history({"epoch": 0, "valid": stats})
-            return
-        current_lr = self.optimizer.param_groups[0]["lr"]
-        scheduler = getattr(self.hparams, "lr_scheduler", None)
-        if scheduler is not None:
-            current_lr, next_lr = scheduler([self.optimizer], epoch, stage_loss)
-            update_learning_rate(self.optimizer, next_lr)
-        meta = {"epoch": epoch, "lr": current_lr, "steps": self.train_steps}
-        if self.resumed_at_step:
-            meta["resumed at step"] = self.resumed_at_step
-        self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=self.train_stats, valid_stats=stats)
-        self.record_history(
-            {"epoch": epoch, "lr": current_lr, "steps": self.train_steps, "resumed_at_step": self.resumed_at_step,
-             "time": time.time(), "train": self.train_stats, "valid": stats}
-        )
-        self.checkpointer.save_and_keep_only(meta={"epoch": epoch, **stats}, min_keys=["loss"])
+        self.end_validation(epoch, stage_loss, stats)
 
 
 def load_official_weights(separator, path):

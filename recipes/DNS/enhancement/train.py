@@ -28,14 +28,12 @@ import logging
 import math
 import os
 import sys
-import time
 
 import soundfile as sf
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_ext.convert import frcrn_from_official
@@ -106,21 +104,7 @@ class EnhancementBrain(RecipeBrain):
             return
         if stage != sb.Stage.VALID:
             return
-        if epoch == 0:  # the initial (pretrained) model, before any update
-            self.hparams.train_logger.log_stats(stats_meta={"epoch": 0, "model": "initial"}, valid_stats=stats)
-            self.record_history({"epoch": 0, "valid": stats})
-            return
-        current_lr, next_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stage_loss)
-        update_learning_rate(self.optimizer, next_lr)
-        meta = {"epoch": epoch, "lr": current_lr, "steps": self.train_steps}
-        if self.resumed_at_step:
-            meta["resumed at step"] = self.resumed_at_step
-        self.hparams.train_logger.log_stats(stats_meta=meta, train_stats=self.train_stats, valid_stats=stats)
-        self.record_history(
-            {"epoch": epoch, "lr": current_lr, "steps": self.train_steps, "resumed_at_step": self.resumed_at_step,
-             "time": time.time(), "train": self.train_stats, "valid": stats}
-        )
-        self.checkpointer.save_and_keep_only(meta={"epoch": epoch, **stats}, min_keys=["loss"])
+        self.end_validation(epoch, stage_loss, stats)
 
 def dataio_prep(hparams, manifests, segment_samples):
     """Training (mixed on the fly) and validation (fixed mixtures) datasets."""
