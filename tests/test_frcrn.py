@@ -5,8 +5,9 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_ext.convert import CheckpointMismatchError, frcrn_from_official, frcrn_to_official
-from speechbrain_ext.lobes.models.frcrn import FRCRN, frcrn_loss
+from speechbrain_ext.lobes.models.frcrn import FRCRN, ComplexConvBlock, frcrn_loss
 from speechbrain_ext.nnet.complex import ComplexConv2d, ComplexConvTranspose2d
+from speechbrain_ext.nnet.fsmn import ComplexFSMN
 from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
 
 from conftest import OFFICIAL_FRCRN_KWARGS, make_reference_frcrn
@@ -189,6 +190,34 @@ def test_complex_convolutions_are_complex_products():
     tbias = torch.complex(tconv.bias_real - tconv.bias_imag, tconv.bias_real + tconv.bias_imag)
     expected = torch.nn.functional.conv_transpose2d(as_complex(y), tweight, tbias, stride=(2, 1))
     assert torch.allclose(as_complex(tconv(y)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer, in_channels",
+    [
+        (ComplexFSMN(32, 16, memory_order=5, axis="freq"), 32),  # in pieces of frames
+        (ComplexConvTranspose2d(32, 16, (5, 2), stride=(2, 1), padding=(0, 1)), 32),  # in pieces
+        (ComplexConvTranspose2d(32, 1, (5, 2), stride=(2, 1), padding=(0, 1)), 32),  # matmul + fold
+        (ComplexConv2d(1, 16, (5, 2), stride=(2, 1), padding=(0, 1)), 1),  # unfold + matmul
+        (ComplexConvBlock(32, 16, (5, 2), (2, 1), (0, 1), transposed=True), 32),  # folded batch norm
+    ],
+    ids=["fsmn", "tconv", "tconv-few-outputs", "conv-few-inputs", "block"],
+)
+def test_inference_paths_equal_autograd_paths(layer, in_channels):
+    """Outside autograd, layers run pieces, folded norms and matrix products: the same function."""
+    torch.manual_seed(0)
+    for name, buffer in layer.named_buffers():  # non-trivial batch norm statistics
+        if "running" in name:
+            buffer.uniform_(0.5, 1.5)
+    layer.eval()
+    # Long enough to be split into pieces (see speechbrain_ext.nnet.complex.PIECE_ELEMENTS).
+    x = torch.randn(2, 2 * in_channels, 37, 1500).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fast = layer(x)
+    slow = layer(x.requires_grad_())  # autograd: whole maps, separate norm, concatenations
+    assert slow.requires_grad
+    assert fast.shape == slow.shape
+    assert (fast - slow).abs().max() <= 1e-4 * slow.abs().max()
 
 
 def test_loss_matches_reference(reference_frcrn, ours):

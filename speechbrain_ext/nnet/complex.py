@@ -31,6 +31,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+#: Outside autograd, large maps go through some layers in pieces of about this many input
+#: elements (whole frames): their intermediate maps then stay in cache and are recycled by the
+#: allocator instead of being fresh pages (see :meth:`ComplexConvTranspose2d._time_pieces`).
+PIECE_ELEMENTS = 1 << 21
+
+
 def split_complex(x):
     """Return the real and imaginary halves of ``x`` [B, 2C, ...] as two views [B, C, ...].
 
@@ -79,6 +85,54 @@ def complex_multiply(x, y):
     x_re, x_im = split_complex(x)
     y_re, y_im = split_complex(y)
     return torch.cat([x_re * y_re - x_im * y_im, x_re * y_im + x_im * y_re], dim=1)
+
+
+def join_halves(real_parts, imag_parts, like=None):
+    """``cat([sum(real_parts), sum(imag_parts)])`` along channels, with signs.
+
+    Each part is a ``(sign, tensor)`` pair, all tensors ``[B, C, ...]`` of one shape. Outside
+    autograd, each half is accumulated directly in its place in the result, which takes the
+    memory format of ``like`` (default: the first tensor): no temporary sums and no
+    concatenation copy, which matter on large maps (a pass over one costs about as much as a
+    small convolution).
+
+    Example
+    -------
+    >>> a, b = torch.ones(1, 2, 3, 3), torch.full((1, 2, 3, 3), 2.0)
+    >>> out = join_halves([(1, a), (-1, b)], [(1, a), (1, b)])
+    >>> out.shape, out[0, :, 0, 0].tolist()
+    (torch.Size([1, 4, 3, 3]), [-1.0, -1.0, 3.0, 3.0])
+    """
+    tensors = [t for _, t in real_parts + imag_parts]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):  # autograd cannot track out=
+        halves = [_signed_sum(parts) for parts in (real_parts, imag_parts)]
+        return torch.cat(halves, dim=1)
+    first = tensors[0]
+    channels = first.shape[1]
+    out = _empty_complex_like(first, like)
+    for half, parts in enumerate((real_parts, imag_parts)):
+        _signed_sum(parts, out=out.narrow(1, half * channels, channels))
+    return out
+
+
+def _empty_complex_like(half, like=None):
+    """An uninitialised map with twice the channels of ``half``, in the memory format of ``like``."""
+    like = half if like is None else like
+    channels_last = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (half.shape[0], 2 * half.shape[1], *half.shape[2:])
+    return torch.empty(shape, dtype=half.dtype, device=half.device, memory_format=layout)
+
+
+def _signed_sum(parts, out=None):
+    """``sum(sign * tensor)`` over ``(sign, tensor)`` pairs, into ``out`` when given."""
+    (sign_a, a), (sign_b, b), rest = parts[0], parts[1], parts[2:]
+    if sign_a < 0:
+        raise ValueError("the first part of a signed sum must be positive")
+    total = (torch.add if sign_b > 0 else torch.sub)(a, b, out=out) if out is not None else (a + b if sign_b > 0 else a - b)
+    for sign, t in rest:
+        total.add_(t) if sign > 0 else total.sub_(t)
+    return total
 
 
 class RealKernel(NamedTuple):
@@ -235,20 +289,39 @@ class _ComplexConvBase(nn.Module):
         if not self.causal and (self.kernel_size[1] > 1 or self.padding[1]):
             raise RuntimeError("only a causal convolution (or one with a 1-frame kernel) can run step by step")
 
-    def _complex_product(self, x, conv):
-        """Apply ``conv(input, weight, bias, groups=...)`` as a complex convolution to ``x``."""
+    def _complex_product(self, x, conv, out_scale=None, out_shift=None):
+        """Apply ``conv(input, weight, bias, groups=...)`` as a complex convolution to ``x``.
+
+        ``out_scale`` and ``out_shift`` (``[2 * out]``, optional) fold a per-channel affine map
+        of the output into the convolutions, such as an eval-mode batch norm.
+        """
         x_re, x_im = split_complex(x)
         w_re, w_im = self.weight_real, self.weight_imag
         # Input-channel groups are dim 0 of both conv ([out, in]) and tconv ([in, out]) kernels
         # as far as a 2-group convolution is concerned: k2 reads x_re, k3 reads x_im.
         k1 = conv(x_re + x_im, w_re, self.bias_real, groups=1)
-        shared_bias = None if self.bias_imag is None else self.bias_imag.repeat(2)
-        k2, k3 = split_complex(conv(x, torch.cat([w_im - w_re, w_re + w_im]), shared_bias, groups=2))
-        out = torch.cat([k1, k1], dim=1)
+        w2, w3 = w_im - w_re, w_re + w_im
+        if out_scale is None:
+            shared_bias = None if self.bias_imag is None else self.bias_imag.repeat(2)
+            k2, k3 = split_complex(conv(x, torch.cat([w2, w3]), shared_bias, groups=2))
+            return join_halves([(1, k1), (-1, k3)], [(1, k1), (1, k2)])
+        # real = s_re (k1 - k3) + t_re and imag = s_im (k1 + k2) + t_im: the scales and shifts
+        # (and the minus sign) go into k2 and k3, leaving one multiply-add per half for k1.
+        scale_re, scale_im = out_scale.chunk(2)
+        shift_re, shift_im = out_shift.chunk(2)
+        per_out = [1] * w_re.dim()
+        per_out[self.out_axis] = -1
+        bias_im = 0 if self.bias_imag is None else self.bias_imag
+        weight = torch.cat([w2 * scale_im.view(per_out), w3 * -scale_re.view(per_out)])
+        bias = torch.cat([bias_im * scale_im + shift_im, shift_re - bias_im * scale_re])
+        k2, k3 = split_complex(conv(x, weight, bias, groups=2))
+        scale_re, scale_im = scale_re.view(1, -1, 1, 1), scale_im.view(1, -1, 1, 1)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (k1, k2, k3)):
+            return torch.cat([torch.addcmul(k3, k1, scale_re), torch.addcmul(k2, k1, scale_im)], dim=1)
+        out = _empty_complex_like(k1)
         channels = k1.shape[1]
-        # In place on the two halves of one buffer: fewer passes over large maps.
-        out.narrow(1, 0, channels).sub_(k3)
-        out.narrow(1, channels, channels).add_(k2)
+        torch.addcmul(k3, k1, scale_re, out=out.narrow(1, 0, channels))
+        torch.addcmul(k2, k1, scale_im, out=out.narrow(1, channels, channels))
         return out
 
 
@@ -310,8 +383,15 @@ class ComplexConv2d(_ComplexConvBase):
         self.context_frames = causal_context(self.kernel_size, self.stride, self.padding, causal, padding_mode)
         super().__init__((out_channels, in_channels, *self.kernel_size), out_channels, bias)
 
-    def forward(self, x):
-        """Convolve ``x`` [B, 2*in, F, T] into [B, 2*out, F', T'] (``T' = T`` if causal)."""
+    def forward(self, x, out_scale=None, out_shift=None):
+        """Convolve ``x`` [B, 2*in, F, T] into [B, 2*out, F', T'] (``T' = T`` if causal).
+
+        ``out_scale`` and ``out_shift`` (``[2 * out]``, optional) fold ``y * out_scale +
+        out_shift`` per output channel into the convolution (an eval-mode batch norm).
+        """
+        in_channels, kernel_f, kernel_t = self.weight_real.shape[1:]
+        if 2 * in_channels * kernel_f * kernel_t <= 2 * self.weight_real.shape[0]:
+            return self._unfold_forward(x, out_scale, out_shift)
         if self.causal:
             # Zero-pad both ends of time and drop the outputs that read the right padding: the
             # same as padding the left end only, without copying the input (and, for the same
@@ -321,7 +401,7 @@ class ComplexConv2d(_ComplexConvBase):
             def causal_conv(inputs, weight, bias, groups):
                 return F.conv2d(inputs, weight, bias, self.stride, padding, groups=groups)
 
-            return self._complex_product(x, causal_conv)[..., : x.shape[-1]]
+            return self._complex_product(x, causal_conv, out_scale, out_shift)[..., : x.shape[-1]]
         padding = self.padding
         if self.padding_mode != "zeros" and any(padding):
             pad_f, pad_t = padding
@@ -331,7 +411,28 @@ class ComplexConv2d(_ComplexConvBase):
         def conv(inputs, weight, bias, groups):
             return F.conv2d(inputs, weight, bias, self.stride, padding, groups=groups)
 
-        return self._complex_product(x, conv)
+        return self._complex_product(x, conv, out_scale, out_shift)
+
+    def _unfold_forward(self, x, out_scale=None, out_shift=None):
+        """The convolution as one matrix product of the input's patches with the block kernel.
+
+        For few input channels (FRCRN's first layer reads one complex channel) the patches are
+        no larger than the output, and one dense product beats three thin convolutions.
+        """
+        pad_f, pad_t = self.padding
+        time_pad = (self.context_frames, 0) if self.causal else (pad_t, pad_t)
+        if any(time_pad) or pad_f:
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, (*time_pad, pad_f, pad_f), mode=mode)
+        weight, bias = self._block_kernel(out_scale, out_shift)
+        batch, out_bins = x.shape[0], (x.shape[2] - self.kernel_size[0]) // self.stride[0] + 1
+        out_frames = (x.shape[3] - self.kernel_size[1]) // self.stride[1] + 1
+        patches = F.unfold(x, self.kernel_size, stride=self.stride)  # [B, 2*in * kf * kt, F' * T']
+        rows = patches.transpose(1, 2) @ weight.flatten(1).t()  # [B, F' * T', 2*out]
+        if bias is not None:
+            rows = rows + bias
+        # The rows are a channels-last map.
+        return rows.view(batch, out_bins, out_frames, -1).permute(0, 3, 1, 2)
 
     def fused_weights(self, out_scale=None, out_shift=None):
         """The :class:`RealKernel` that :meth:`step` convolves with (a function of the parameters).
@@ -425,20 +526,90 @@ class ComplexConvTranspose2d(_ComplexConvBase):
         self.context_frames = causal_context(self.kernel_size, self.stride, self.padding, causal)
         super().__init__((in_channels, out_channels, *self.kernel_size), out_channels, bias)
 
-    def forward(self, x):
-        """Upsample ``x`` [B, 2*in, F, T] into [B, 2*out, F', T'] (``T' = T`` if causal)."""
+    def forward(self, x, out_scale=None, out_shift=None):
+        """Upsample ``x`` [B, 2*in, F, T] into [B, 2*out, F', T'] (``T' = T`` if causal).
+
+        ``out_scale`` and ``out_shift`` fold a per-channel affine map of the output into the
+        transposed convolution, as in :meth:`ComplexConv2d.forward`.
+        """
+        in_channels, out_channels, kernel_f, kernel_t = self.weight_real.shape
+        if out_channels * kernel_f * kernel_t <= in_channels:
+            return self._fold_forward(x, out_scale, out_shift)
+        pieces = self._time_pieces(x)
+        if pieces is not None:
+            return pieces(lambda piece: self.forward(piece, out_scale, out_shift))
         if self.causal:
             # Unpadded in time, output frame t receives x[t - k] through tap k; the last
             # kernel_t - 1 frames only exist because of the kernel's overhang past the end.
             def causal_tconv(inputs, weight, bias, groups):
                 return F.conv_transpose2d(inputs, weight, bias, self.stride, self.padding, groups=groups)
 
-            return self._complex_product(x, causal_tconv)[..., : x.shape[-1]]
+            return self._complex_product(x, causal_tconv, out_scale, out_shift)[..., : x.shape[-1]]
 
         def conv(inputs, weight, bias, groups):
             return F.conv_transpose2d(inputs, weight, bias, self.stride, self.padding, groups=groups)
 
-        return self._complex_product(x, conv)
+        return self._complex_product(x, conv, out_scale, out_shift)
+
+    def _time_pieces(self, x):
+        """For a long input outside autograd, a runner of :meth:`forward` over time pieces, or None.
+
+        Output frame ``t`` of the (non-causal, time stride 1, time padding ``kernel_t - 1``)
+        layer reads input frames ``t ... t + kernel_t - 1``, so consecutive pieces of the output
+        come from input pieces overlapping by ``kernel_t - 1`` frames. On pieces of a few MB the
+        three convolutions and their combination run in cache, on recycled memory: the
+        decoders of FRCRN run about a quarter faster.
+        """
+        kernel_t, frames = self.kernel_size[1], x.shape[-1]
+        step = max(1, PIECE_ELEMENTS // (x.shape[0] * x.shape[1] * x.shape[2]))
+        if (
+            self.causal
+            or self.stride[1] != 1
+            or self.padding[1] != kernel_t - 1
+            or frames <= step + kernel_t - 1
+            or torch.is_grad_enabled()
+        ):
+            return None
+        out_frames = frames - kernel_t + 1
+
+        def run(forward):
+            out = None
+            for start in range(0, out_frames, step):
+                stop = min(start + step, out_frames)
+                piece = x[..., start : stop + kernel_t - 1].contiguous(memory_format=torch.channels_last)
+                y = forward(piece)
+                if out is None:
+                    shape = (*y.shape[:-1], out_frames)
+                    out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+                out[..., start:stop] = y
+            return out
+
+        return run
+
+    def _fold_forward(self, x, out_scale=None, out_shift=None):
+        """The transposed convolution as a matrix product followed by an overlap-add.
+
+        For few output channels (FRCRN's last decoder emits one complex channel) each input
+        position's contribution to its output patch is a short row, and one dense product plus
+        ``F.fold`` beats three thin transposed convolutions severalfold.
+        """
+        weight, bias = self._block_kernel(out_scale, out_shift)  # [2*in, 2*out, kf, kt]
+        batch, channels, bins, frames = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(batch, bins * frames, channels)  # a view if channels-last
+        contributions = rows @ weight.flatten(1)  # [B, F * T, 2*out * kf * kt]
+        (kernel_f, kernel_t), (stride_f, stride_t) = self.kernel_size, self.stride
+        time_padding = 0 if self.causal else self.padding[1]
+        size = (
+            (bins - 1) * stride_f + kernel_f - 2 * self.padding[0],
+            (frames - 1) * stride_t + kernel_t - 2 * time_padding,
+        )
+        out = F.fold(
+            contributions.transpose(1, 2), size, self.kernel_size, stride=self.stride,
+            padding=(self.padding[0], time_padding),
+        )
+        if self.causal:  # drop the frames that only exist because of the kernel's overhang
+            out = out[..., :frames]
+        return out if bias is None else out + bias[:, None, None]
 
     def fused_weights(self, out_scale=None, out_shift=None):
         """The kernel :meth:`step` runs: a :class:`RealKernel` for an ordinary convolution.

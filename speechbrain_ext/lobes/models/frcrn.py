@@ -111,13 +111,21 @@ class ComplexConvBlock(nn.Module):
 
     def forward(self, x):
         """``x`` [B, 2*in, F, T] -> [B, 2*out, F', T']."""
-        return F.leaky_relu(self.norm(self.conv(x)), negative_slope=0.01, inplace=True)
+        if self.training:
+            y = self.norm(self.conv(x))
+        else:  # the batch norm is a fixed affine map: fold it into the convolution
+            y = self.conv(x, *self._norm_affine())
+        return F.leaky_relu(y, negative_slope=0.01, inplace=True)
+
+    def _norm_affine(self):
+        """``(scale, shift)`` of the eval-mode batch norm."""
+        norm = self.norm
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
 
     def fused_weights(self):
         """The convolution's step kernel with the batch norm folded in (running statistics)."""
-        norm = self.norm
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        return self.conv.fused_weights(scale, norm.bias - norm.running_mean * scale)
+        return self.conv.fused_weights(*self._norm_affine())
 
     def step(self, x, state=None, weights=None):
         """Run the block on the next frames ``x`` of a stream, for inference (causal blocks).
@@ -368,15 +376,18 @@ class FRCRN(nn.Module):
         tuple of FRCRNStage
             First-stage and final (second-stage) spectra, waveforms and masks.
         """
+        self._check_input(noisy)
+        spec = self.stft(noisy)
+        mask1, mask2 = self.estimate_masks(spec)
+        return self._apply_mask(spec, mask1), self._apply_mask(spec, mask2)
+
+    def _check_input(self, noisy):
         if noisy.dim() != 2:
             raise ValueError(f"FRCRN expects a [batch, time] waveform, got shape {tuple(noisy.shape)}")
         if noisy.shape[-1] < self.win_len:
             raise ValueError(
                 f"FRCRN needs at least one frame ({self.win_len} samples), got {noisy.shape[-1]}"
             )
-        spec = self.stft(noisy)
-        mask1, mask2 = self.estimate_masks(spec)
-        return self._apply_mask(spec, mask1), self._apply_mask(spec, mask2)
 
     def estimate_masks(self, spec, stream=None):
         """The first-stage and final complex masks ``[B, 2, F, N]`` for a spectrum ``[B, 2, F, N]``.
@@ -402,7 +413,10 @@ class FRCRN(nn.Module):
         whole number of hops (as :class:`speechbrain_ext.inference.EnhanceFRCRN` does) to get
         every sample back.
         """
-        enhanced = self.forward_stages(noisy)[1].wav
+        self._check_input(noisy)
+        spec = self.stft(noisy)
+        final_mask = self.estimate_masks(spec)[1]  # the first stage's waveform is not needed
+        enhanced = self.istft(complex_multiply(spec, final_mask))
         return F.pad(enhanced, (0, noisy.shape[-1] - enhanced.shape[-1]))
 
 
