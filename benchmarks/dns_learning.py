@@ -9,7 +9,10 @@ checkpoint on the held-out set (PESQ, STOI, SI-SNR). This script prints the held
 improvement, writes the validation learning curve (``learning_curve.csv`` and, with
 matplotlib, ``learning_curve.png``) and exits 0 when the improvement reaches ``--target_db``.
 
-Usage: python benchmarks/dns_learning.py [--minutes 30] [--threads 2] [--output results/dns_learning]
+Usage: python benchmarks/dns_learning.py [--minutes 30] [--threads 2] [--output results/dns_learning] [--causal]
+
+``--causal`` trains the causal variant (``FRCRN(causal=True)``, the same small widths): the
+weights :class:`speechbrain_ext.inference.streaming.FRCRNStreamer` and ``enhance --stream`` run.
 
 Every run starts afresh in ``OUTPUT/train`` (the generated data in ``OUTPUT/DNS-Challenge``
 is kept and reused).
@@ -102,6 +105,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--output", default=os.path.join(ROOT, "results", "dns_learning"), help="working folder")
     parser.add_argument("--target_db", type=float, default=6.0, help="SI-SNR improvement to reach (default: 6)")
+    parser.add_argument("--causal", action="store_true", help="train the causal (streaming) variant")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -111,6 +115,8 @@ def main(argv=None):
     shutil.rmtree(train_folder, ignore_errors=True)
     command = [sys.executable, "train.py", "hparams/frcrn_small.yaml", "--data_folder", data,
                "--output_folder", train_folder, "--max_train_minutes", str(args.minutes), *TRAINING]
+    if args.causal:
+        command += ["--causal", "True"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     print("running:", " ".join(command), flush=True)
     launched = time.time()

@@ -31,10 +31,43 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-#: Outside autograd, large maps go through some layers in pieces of about this many input
-#: elements (whole frames): their intermediate maps then stay in cache and are recycled by the
-#: allocator instead of being fresh pages (see :meth:`ComplexConvTranspose2d._time_pieces`).
+#: Outside autograd, long maps go through the largest frame-local layers in pieces of about
+#: this many input elements (whole frames), see :func:`in_time_pieces`.
 PIECE_ELEMENTS = 1 << 21
+
+
+def in_time_pieces(block, x, overlap=0):
+    """``block(x)`` computed on consecutive pieces of frames, outside autograd.
+
+    For a layer whose output frame ``t`` reads input frames ``t ... t + overlap`` only (a
+    frequency FSMN: ``overlap = 0``; a transposed convolution with time kernel ``k`` and time
+    padding ``k - 1``: ``overlap = k - 1``), the output is assembled from pieces of about
+    :data:`PIECE_ELEMENTS` input elements, overlapping by ``overlap`` frames. The pieces'
+    intermediate maps then stay in cache and are recycled by the allocator instead of being
+    fresh pages: FRCRN's pass over a long input runs about a fifth faster. Under autograd, or
+    for a short input, ``block(x)`` runs whole.
+
+    Example
+    -------
+    >>> x = torch.randn(1, 64, 64, 1000)  # 512 frames per piece
+    >>> with torch.no_grad():
+    ...     y = in_time_pieces(lambda piece: piece[..., 1:] - piece[..., :-1], x, overlap=1)
+    >>> torch.equal(y, x.diff())
+    True
+    """
+    frames = x.shape[-1]
+    step = max(1, PIECE_ELEMENTS // (x.shape[0] * x.shape[1] * x.shape[2]))
+    if frames <= step + overlap or torch.is_grad_enabled():
+        return block(x)
+    out_frames, out = frames - overlap, None
+    for start in range(0, out_frames, step):
+        stop = min(start + step, out_frames)
+        piece = block(x[..., start : stop + overlap].contiguous(memory_format=torch.channels_last))
+        if out is None:
+            shape = (*piece.shape[:-1], out_frames)
+            out = torch.empty(shape, dtype=piece.dtype, device=piece.device, memory_format=torch.channels_last)
+        out[..., start:stop] = piece
+    return out
 
 
 def split_complex(x):
@@ -125,13 +158,11 @@ def _empty_complex_like(half, like=None):
 
 
 def _signed_sum(parts, out=None):
-    """``sum(sign * tensor)`` over ``(sign, tensor)`` pairs, into ``out`` when given."""
-    (sign_a, a), (sign_b, b), rest = parts[0], parts[1], parts[2:]
-    if sign_a < 0:
-        raise ValueError("the first part of a signed sum must be positive")
-    total = (torch.add if sign_b > 0 else torch.sub)(a, b, out=out) if out is not None else (a + b if sign_b > 0 else a - b)
-    for sign, t in rest:
-        total.add_(t) if sign > 0 else total.sub_(t)
+    """``sum(sign * tensor)`` over ``(sign, tensor)`` pairs (the first sign must be +1), into ``out``."""
+    (_, first), (sign, second) = parts[:2]
+    total = (torch.add if sign > 0 else torch.sub)(first, second, out=out)
+    for sign, tensor in parts[2:]:
+        (total.add_ if sign > 0 else total.sub_)(tensor)
     return total
 
 
@@ -535,56 +566,21 @@ class ComplexConvTranspose2d(_ComplexConvBase):
         in_channels, out_channels, kernel_f, kernel_t = self.weight_real.shape
         if out_channels * kernel_f * kernel_t <= in_channels:
             return self._fold_forward(x, out_scale, out_shift)
-        pieces = self._time_pieces(x)
-        if pieces is not None:
-            return pieces(lambda piece: self.forward(piece, out_scale, out_shift))
+
+        def tconv(inputs, weight, bias, groups):
+            return F.conv_transpose2d(inputs, weight, bias, self.stride, self.padding, groups=groups)
+
         if self.causal:
             # Unpadded in time, output frame t receives x[t - k] through tap k; the last
             # kernel_t - 1 frames only exist because of the kernel's overhang past the end.
-            def causal_tconv(inputs, weight, bias, groups):
-                return F.conv_transpose2d(inputs, weight, bias, self.stride, self.padding, groups=groups)
-
-            return self._complex_product(x, causal_tconv, out_scale, out_shift)[..., : x.shape[-1]]
-
-        def conv(inputs, weight, bias, groups):
-            return F.conv_transpose2d(inputs, weight, bias, self.stride, self.padding, groups=groups)
-
-        return self._complex_product(x, conv, out_scale, out_shift)
-
-    def _time_pieces(self, x):
-        """For a long input outside autograd, a runner of :meth:`forward` over time pieces, or None.
-
-        Output frame ``t`` of the (non-causal, time stride 1, time padding ``kernel_t - 1``)
-        layer reads input frames ``t ... t + kernel_t - 1``, so consecutive pieces of the output
-        come from input pieces overlapping by ``kernel_t - 1`` frames. On pieces of a few MB the
-        three convolutions and their combination run in cache, on recycled memory: the
-        decoders of FRCRN run about a quarter faster.
-        """
-        kernel_t, frames = self.kernel_size[1], x.shape[-1]
-        step = max(1, PIECE_ELEMENTS // (x.shape[0] * x.shape[1] * x.shape[2]))
-        if (
-            self.causal
-            or self.stride[1] != 1
-            or self.padding[1] != kernel_t - 1
-            or frames <= step + kernel_t - 1
-            or torch.is_grad_enabled()
-        ):
-            return None
-        out_frames = frames - kernel_t + 1
-
-        def run(forward):
-            out = None
-            for start in range(0, out_frames, step):
-                stop = min(start + step, out_frames)
-                piece = x[..., start : stop + kernel_t - 1].contiguous(memory_format=torch.channels_last)
-                y = forward(piece)
-                if out is None:
-                    shape = (*y.shape[:-1], out_frames)
-                    out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
-                out[..., start:stop] = y
-            return out
-
-        return run
+            return self._complex_product(x, tconv, out_scale, out_shift)[..., : x.shape[-1]]
+        if self.stride[1] == 1 and self.padding[1] == kernel_t - 1:
+            # Output frame t reads input frames t ... t + kernel_t - 1 (the reference's
+            # look-ahead), so a long input can run in pieces (FRCRN's decoders: ~25 % faster).
+            return in_time_pieces(
+                lambda piece: self._complex_product(piece, tconv, out_scale, out_shift), x, overlap=kernel_t - 1
+            )
+        return self._complex_product(x, tconv, out_scale, out_shift)
 
     def _fold_forward(self, x, out_scale=None, out_shift=None):
         """The transposed convolution as a matrix product followed by an overlap-add.
