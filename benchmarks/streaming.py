@@ -28,6 +28,8 @@ CONFIGS = {
     "medium": dict(channels=64, fsmn_hidden=64, fsmn_order=10),
     "small": dict(channels=32, fsmn_hidden=32, fsmn_order=10),
     "tiny": dict(channels=24, fsmn_hidden=24, fsmn_order=8),
+    # The DNS recipe's hparams/frcrn_small.yaml (the demo weights' size), trained with --causal True.
+    "recipe-small": dict(channels=16, fsmn_hidden=16, fsmn_order=20),
 }
 SAMPLE_RATE = 16000
 
