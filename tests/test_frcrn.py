@@ -230,9 +230,10 @@ def test_loss_matches_reference(reference_frcrn, ours):
         assert abs(losses[name].item() - ref[name].item()) <= 1e-4 * max(1.0, abs(ref[name].item())), name
 
 
-def test_gradient_step_lowers_the_loss():
+@pytest.mark.parametrize("causal", [False, True], ids=["offline", "causal"])
+def test_gradient_step_lowers_the_loss(causal):
     torch.manual_seed(0)
-    model = FRCRN(channels=8, fsmn_hidden=8, fsmn_order=4)
+    model = FRCRN(channels=8, fsmn_hidden=8, fsmn_order=4, causal=causal)
     length = 24 * 320 + 640
     clean = torch.sin(torch.arange(length) * 0.07).repeat(2, 1) * 0.3
     noisy = clean + 0.1 * noisy_batch(2, length, seed=1)

@@ -24,6 +24,7 @@ complex one, with the past frames stacked along channels).
 Authors: speechbrain-ext contributors
 """
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -137,24 +138,28 @@ def join_halves(real_parts, imag_parts, like=None):
     (torch.Size([1, 4, 3, 3]), [-1.0, -1.0, 3.0, 3.0])
     """
     tensors = [t for _, t in real_parts + imag_parts]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):  # autograd cannot track out=
-        halves = [_signed_sum(parts) for parts in (real_parts, imag_parts)]
-        return torch.cat(halves, dim=1)
-    first = tensors[0]
-    channels = first.shape[1]
-    out = _empty_complex_like(first, like)
-    for half, parts in enumerate((real_parts, imag_parts)):
-        _signed_sum(parts, out=out.narrow(1, half * channels, channels))
-    return out
+    halves = [functools.partial(_signed_sum, parts) for parts in (real_parts, imag_parts)]
+    return _write_halves(halves, tensors, like)
 
 
-def _empty_complex_like(half, like=None):
-    """An uninitialised map with twice the channels of ``half``, in the memory format of ``like``."""
-    like = half if like is None else like
+def _write_halves(halves, inputs, like=None):
+    """``cat([half() for half in halves])`` along channels, each half written in its place.
+
+    ``halves`` are two functions taking ``out=`` (``None``: a new tensor). Outside autograd
+    (which cannot track ``out=``) they write straight into one buffer, in the memory format of
+    ``like`` (default: the first of ``inputs``, which the halves read): no concatenation copy.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return torch.cat([half(out=None) for half in halves], dim=1)
+    first = inputs[0]
+    shape = (first.shape[0], 2 * first.shape[1], *first.shape[2:])
+    like = first if like is None else like
     channels_last = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    shape = (half.shape[0], 2 * half.shape[1], *half.shape[2:])
-    return torch.empty(shape, dtype=half.dtype, device=half.device, memory_format=layout)
+    out = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=layout)
+    for index, half in enumerate(halves):
+        half(out=out.narrow(1, index * first.shape[1], first.shape[1]))
+    return out
 
 
 def _signed_sum(parts, out=None):
@@ -346,14 +351,11 @@ class _ComplexConvBase(nn.Module):
         weight = torch.cat([w2 * scale_im.view(per_out), w3 * -scale_re.view(per_out)])
         bias = torch.cat([bias_im * scale_im + shift_im, shift_re - bias_im * scale_re])
         k2, k3 = split_complex(conv(x, weight, bias, groups=2))
-        scale_re, scale_im = scale_re.view(1, -1, 1, 1), scale_im.view(1, -1, 1, 1)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (k1, k2, k3)):
-            return torch.cat([torch.addcmul(k3, k1, scale_re), torch.addcmul(k2, k1, scale_im)], dim=1)
-        out = _empty_complex_like(k1)
-        channels = k1.shape[1]
-        torch.addcmul(k3, k1, scale_re, out=out.narrow(1, 0, channels))
-        torch.addcmul(k2, k1, scale_im, out=out.narrow(1, channels, channels))
-        return out
+        halves = [
+            functools.partial(torch.addcmul, k, k1, scale.view(1, -1, 1, 1))
+            for k, scale in ((k3, scale_re), (k2, scale_im))
+        ]
+        return _write_halves(halves, [k1, k2, k3])
 
 
 class ComplexConv2d(_ComplexConvBase):

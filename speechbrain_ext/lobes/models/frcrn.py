@@ -415,8 +415,7 @@ class FRCRN(nn.Module):
         """
         self._check_input(noisy)
         spec = self.stft(noisy)
-        final_mask = self.estimate_masks(spec)[1]  # the first stage's waveform is not needed
-        enhanced = self.istft(complex_multiply(spec, final_mask))
+        enhanced = self._apply_mask(spec, self.estimate_masks(spec)[1]).wav  # stage 1's is not needed
         return F.pad(enhanced, (0, noisy.shape[-1] - enhanced.shape[-1]))
 
 
