@@ -15,7 +15,8 @@ DEFAULT_MODELS = {
     "enhancement": "alibabasglab/FRCRN_SE_16K",
     "separation": "iic/speech_mossformer_separation_temporal_8k",
 }
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
+#: How many skipped (unsupported) files the summary names before it only counts them.
+MAX_LISTED = 20
 
 
 def _interface(task):
@@ -24,106 +25,108 @@ def _interface(task):
     return EnhanceFRCRN if task == "enhancement" else SeparateMossFormer
 
 
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__
+
+
 def _load_model(task, args):
     """Load the interface, or exit with one sentence explaining why it could not be loaded."""
     source = args.model or DEFAULT_MODELS[task]
     run_opts = {"device": args.device} if getattr(args, "device", None) else None
     try:
         return _interface(task).from_hparams(source=source, revision=args.revision, run_opts=run_opts)
-    except Exception as error:  # any loading failure: one line, no traceback
-        message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise SystemExit(f"speechbrain-ext: cannot load model {source!r}: {message}") from None
+    except Exception as error:  # any loading failure (ours, SpeechBrain's, torch's): one line
+        raise SystemExit(f"speechbrain-ext: cannot load model {source!r}: {_first_line(error)}") from None
 
 
-def collect_inputs(paths):
-    """Expand files and folders (recursively) into ``(file, relative_name)`` pairs, plus errors.
-
-    Returns
-    -------
-    (list of tuple, list of tuple)
-        Audio files with the path to use under the output folder, and ``(path, reason)`` for
-        inputs that are missing or folders without audio.
-    """
-    found, errors = [], []
-    for path in paths:
-        if os.path.isdir(path):
-            files = sorted(
-                os.path.join(root, name)
-                for root, _, names in os.walk(path)
-                for name in names
-                if name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith(".")
-            )
-            if not files:
-                errors.append((path, "folder holds no audio files"))
-            found.extend((f, os.path.relpath(f, path)) for f in files)
-        elif os.path.exists(path):
-            found.append((path, os.path.basename(path)))
-        else:
-            errors.append((path, "no such file or folder"))
-    return found, errors
+def _reason(path, error):
+    """The error's message without a leading ``path:`` (the report names the path once)."""
+    message = _first_line(error)
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def _outputs_for(task, relative, outdir, num_spks=2):
-    stem = os.path.splitext(relative)[0]
-    if task == "enhancement":
-        return [os.path.join(outdir, stem + ".wav")]
-    return [os.path.join(outdir, f"{stem}_spk{s + 1}.wav") for s in range(num_spks)]
+def _output_names(task, num_spks):
+    def names(relative):
+        stem = os.path.splitext(relative)[0]
+        if task == "enhancement":
+            return [stem + ".wav"]
+        return [f"{stem}_spk{s + 1}.wav" for s in range(num_spks)]
+
+    return names
+
+
+def _plan(task, args, num_spks=2):
+    from speechbrain_ext.errors import OutputConflictError
+    from speechbrain_ext.inference.files import plan_batch
+
+    try:
+        return plan_batch(args.inputs, args.output_dir, _output_names(task, num_spks), args.overwrite)
+    except OutputConflictError as error:
+        raise SystemExit(f"speechbrain-ext: {error}") from None
 
 
 def _process(task, args):
     from tqdm import tqdm
 
-    from speechbrain_ext.inference.audio import audio_info
+    from speechbrain_ext.errors import SpeechBrainExtError
+    from speechbrain_ext.inference.audio import AUDIO_EXTENSIONS, audio_info
     from speechbrain_ext.inference.streaming import stream_file
 
-    inputs, failed = collect_inputs(args.inputs)
+    plan = _plan(task, args)  # refuses unsafe plans before the model is loaded
     model = _load_model(task, args)
     num_spks = getattr(model.hparams, "num_spks", 2)
-    todo, skipped = [], []
-    for path, relative in inputs:
-        outputs = _outputs_for(task, relative, args.output_dir, num_spks)
-        if not args.overwrite and all(os.path.exists(o) for o in outputs):
-            skipped.append(path)
-        else:
-            todo.append((path, relative, outputs))
+    if task == "separation" and num_spks != 2:
+        plan = _plan(task, args, num_spks)
+    failed = list(plan.failed)
 
     durations = {}
-    for path, _, _ in todo:
+    for job in plan.todo:
         try:
-            info = audio_info(path)
-            durations[path] = info.frames / info.samplerate
-        except ValueError:
-            durations[path] = 0.0  # reported when processed
-    channels = args.channels if args.channels in ("mix", "all") else int(args.channels)
-    output_rate = args.output_rate if args.output_rate in (None, "input") else int(args.output_rate)
-    options = dict(batch_size=args.batch_size, channels=channels, output_rate=output_rate, subtype=args.subtype)
+            info = audio_info(job.input)
+            durations[job.input] = info.frames / info.samplerate
+        except SpeechBrainExtError:
+            durations[job.input] = 0.0  # reported when processed
+    options = dict(batch_size=args.batch_size, channels=args.channels, output_rate=args.output_rate,
+                   subtype=args.subtype)
     if args.chunk_seconds is not None:  # else the interface's default for its model
         options["chunk_seconds"] = args.chunk_seconds or None
     done = []
     with tqdm(total=round(sum(durations.values()), 1), unit="s", desc=task, disable=args.quiet) as progress:
-        for path, relative, outputs in todo:
-            progress.set_postfix_str(os.path.basename(path))
+        for job in plan.todo:
+            progress.set_postfix_str(os.path.basename(job.input))
             try:
                 if task == "separation":
-                    model.separate_file(path, os.path.dirname(outputs[0]), **options)
+                    model.separate_file(job.input, os.path.dirname(job.outputs[0]), **options)
                 else:
                     if args.stream:
-                        result = stream_file(model, path, outputs[0], block_size=args.block_size,
-                                             channels=channels, output_rate=output_rate, subtype=args.subtype)
+                        result = stream_file(model, job.input, job.outputs[0], block_size=args.block_size,
+                                             channels=args.channels, output_rate=args.output_rate,
+                                             subtype=args.subtype)
                     else:
-                        result = model.enhance_file(path, outputs[0], **options)
+                        result = model.enhance_file(job.input, job.outputs[0], **options)
                     if result["clipped_samples"]:
-                        tqdm.write(f"{path}: {result['clipped_samples']} samples clipped to full scale")
-                done.append(path)
-            except Exception as error:
-                message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-                failed.append((path, message))
-                tqdm.write(f"failed: {path}: {message}")
-            progress.update(round(durations[path], 1))
+                        tqdm.write(f"{job.input}: {result['clipped_samples']} samples clipped to full scale")
+                done.append(job.input)
+            except (SpeechBrainExtError, OSError, RuntimeError, ValueError) as error:
+                failed.append((job.input, _reason(job.input, error)))
+                tqdm.write(f"failed: {job.input}: {failed[-1][1]}")
+            progress.update(round(durations[job.input], 1))
 
-    print(f"{task}: {len(done)} done, {len(skipped)} skipped (output exists), {len(failed)} failed")
+    print(f"{task}: {len(done)} done, {len(plan.existing)} skipped (output exists), {len(failed)} failed, "
+          f"{len(plan.unsupported)} skipped (format not supported)")
     for path, reason in failed:
         print(f"  failed: {path}: {reason}")
+    for path in plan.unsupported[:MAX_LISTED]:
+        print(f"  skipped: {path}: format not supported")
+    if len(plan.unsupported) > MAX_LISTED:
+        print(f"  ... and {len(plan.unsupported) - MAX_LISTED} more files of formats not supported")
+    if plan.unsupported:
+        print(f"  (audio formats read: {', '.join(e.lstrip('.') for e in AUDIO_EXTENSIONS)}; convert others, "
+              "e.g. m4a, to one of these)")
+    if plan.swept:
+        print(f"  removed {len(plan.swept)} temporary file(s) left by an interrupted run")
     return 1 if failed else 0
 
 
@@ -153,6 +156,42 @@ def _run_demo(args):
     return 0
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _rate(text):
+    if text == "input":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'input' or a whole number of Hz (e.g. 44100), got {text!r}")
+    return int(text)
+
+
+def _channels(text):
+    if text in ("mix", "all"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 'mix', 'all' or a channel index (0, 1, ...), got {text!r}")
+    return int(text)
+
+
 def _add_model_arguments(parser, default):
     parser.add_argument("--model", help=f"model source: a SpeechBrain-format folder or Hugging Face repo, an "
                         f"official repo id, or a folder of official weights (default: {default})")
@@ -162,19 +201,22 @@ def _add_model_arguments(parser, default):
 
 def _add_processing_arguments(parser, task):
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
-    parser.add_argument("-o", "--output-dir", required=True, help="folder for the results (mirrors input folders)")
+    parser.add_argument("-o", "--output-dir", required=True,
+                        help="folder for the results (mirrors input folders; never an input folder)")
     _add_model_arguments(parser, DEFAULT_MODELS[task])
-    parser.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default: 1)")
-    parser.add_argument("--chunk-seconds", type=float,
+    parser.add_argument("--batch-size", type=_positive_int, default=1, help="chunks per forward pass (default: 1)")
+    parser.add_argument("--chunk-seconds", type=_seconds,
                         help="process long files in chunks of this length; 0 = whole file at once "
                         "(default: 10 for enhancement, 30 for separation)")
-    parser.add_argument("--channels", default="mix",
+    parser.add_argument("--channels", type=_channels, default="mix",
                         help="'mix' (average channels, default), 'all' (each channel), or a channel index")
-    parser.add_argument("--output-rate", help="'input' to write at the input's sample rate, or a rate in Hz "
+    parser.add_argument("--output-rate", type=_rate, help="'input' to write at the input's sample rate, or a rate in Hz "
                         "(default: the model's rate)")
     parser.add_argument("--subtype", default="PCM_16", choices=["PCM_16", "PCM_24", "FLOAT"],
                         help="output sample format; PCM is clipped to full scale, never wrapped (default: PCM_16)")
-    parser.add_argument("--overwrite", action="store_true", help="redo files whose outputs exist (default: skip)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo files whose outputs exist, replacing only files that speechbrain-ext wrote "
+                        "(default: skip them)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -195,7 +237,7 @@ def build_parser():
     _add_processing_arguments(enhance, "enhancement")
     enhance.add_argument("--stream", action="store_true",
                          help="process block by block as a live input would be (needs a causal model, 40 ms latency)")
-    enhance.add_argument("--block-size", type=int, default=320, help="samples per block with --stream (default: 320)")
+    enhance.add_argument("--block-size", type=_positive_int, default=320, help="samples per block with --stream (default: 320)")
     enhance.set_defaults(run=_run_enhance)
 
     separate = commands.add_parser("separate", help="separate two speakers with MossFormer (8 kHz)")

@@ -13,10 +13,11 @@ from collections.abc import Mapping
 
 import torch
 
+from speechbrain_ext.errors import SpeechBrainExtError
 from speechbrain_ext.nnet.stft import analysis_basis
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(SpeechBrainExtError, ValueError):
     """An official checkpoint does not match the model it should fill."""
 
 

@@ -58,6 +58,7 @@ import soundfile as sf
 from pesq import pesq as _pesq
 from pystoi import stoi as _stoi
 from scipy.signal import resample_poly
+from speechbrain_ext.errors import SpeechBrainExtError
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ SEPARATION_TITLES = {"sdr": "SDR (dB)", "sdr_i": "SDRi (dB)", "si-snr": "SI-SNR 
 MIN_LENGTH_RATIO = 0.9
 
 
-class EvaluationError(ValueError):
+class EvaluationError(SpeechBrainExtError, ValueError):
     """The files to evaluate are missing, unmatched or unusable."""
 
 

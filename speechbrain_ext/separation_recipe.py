@@ -41,6 +41,7 @@ import torch.nn.functional as F
 import torchaudio
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 from speechbrain.utils.distributed import run_on_main
+from speechbrain_ext.errors import SpeechBrainExtError
 
 from speechbrain_ext.evaluation import (
     format_separation_summary,
@@ -68,7 +69,7 @@ DYNAMIC_MIX_PEAK = 0.9
 MAX_PEAK = 0.9
 
 
-class MixLayoutError(ValueError):
+class MixLayoutError(SpeechBrainExtError, ValueError):
     """The data folder is not the expected mixture layout, or its files cannot be used."""
 
 

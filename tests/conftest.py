@@ -1,10 +1,14 @@
-"""Shared fixtures: the reference (ModelScope) models with seeded random weights.
+"""Shared fixtures: the reference (ModelScope) models with seeded random weights, and small
+SpeechBrain-format model folders of ours for the file-handling tests.
 
 The reference package is a test dependency: it is the oracle the parity tests compare with.
 """
 
 import pytest
 import torch
+
+from speechbrain_ext.lobes.models.frcrn import FRCRN
+from speechbrain_ext.lobes.models.mossformer import MossFormer
 
 OFFICIAL_FRCRN_KWARGS = dict(
     complex=True,
@@ -74,3 +78,58 @@ def make_reference_mossformer(directory, seed=0, **overrides):
     for filename, module in model.as_dict().items():
         torch.save(module.state_dict(), os.path.join(directory, f"{filename}.bin"))
     return model.eval()
+
+
+SMALL_FRCRN_CARD = """
+sample_rate: 16000
+model: !new:speechbrain_ext.lobes.models.frcrn.FRCRN
+    channels: 8
+    fsmn_hidden: 8
+modules:
+    model: !ref <model>
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        model: !ref <model>
+"""
+
+SMALL_MOSSFORMER_CARD = """
+sample_rate: 8000
+num_spks: 2
+encoder: !new:speechbrain_ext.lobes.models.mossformer.MossFormerEncoder
+    out_channels: 32
+masknet: !new:speechbrain_ext.lobes.models.mossformer.MossFormerMaskNet
+    in_channels: 32
+    out_channels: 32
+    num_blocks: 1
+    group_size: 16
+    query_key_dim: 16
+decoder: !new:speechbrain_ext.lobes.models.mossformer.MossFormerDecoder
+    in_channels: 32
+modules:
+    encoder: !ref <encoder>
+    masknet: !ref <masknet>
+    decoder: !ref <decoder>
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        encoder: !ref <encoder>
+        masknet: !ref <masknet>
+        decoder: !ref <decoder>
+"""
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Small SpeechBrain-format model folders (random weights) for both tasks."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    frcrn = root / "frcrn"
+    frcrn.mkdir()
+    (frcrn / "hyperparams.yaml").write_text(SMALL_FRCRN_CARD)
+    torch.save(FRCRN(channels=8, fsmn_hidden=8).state_dict(), frcrn / "model.ckpt")
+    moss = root / "mossformer"
+    moss.mkdir()
+    (moss / "hyperparams.yaml").write_text(SMALL_MOSSFORMER_CARD)
+    model = MossFormer(in_channels=32, out_channels=32, num_blocks=1, d_model=32, group_size=16, query_key_dim=16)
+    for name in ("encoder", "masknet", "decoder"):
+        torch.save(getattr(model, name).state_dict(), moss / f"{name}.ckpt")
+    return {"enhance": frcrn, "separate": moss}

@@ -5,70 +5,15 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import soundfile as sf
 import torch
 
 from speechbrain_ext.lobes.models.frcrn import FRCRN
-from speechbrain_ext.lobes.models.mossformer import MossFormer
 from speechbrain_ext.testing.audio import speech_like, two_speaker_mixture
 
+from conftest import SMALL_FRCRN_CARD
+
 CLI = os.path.join(os.path.dirname(sys.executable), "speechbrain-ext")
-
-SMALL_FRCRN_CARD = """
-sample_rate: 16000
-model: !new:speechbrain_ext.lobes.models.frcrn.FRCRN
-    channels: 8
-    fsmn_hidden: 8
-modules:
-    model: !ref <model>
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        model: !ref <model>
-"""
-
-SMALL_MOSSFORMER_CARD = """
-sample_rate: 8000
-num_spks: 2
-encoder: !new:speechbrain_ext.lobes.models.mossformer.MossFormerEncoder
-    out_channels: 32
-masknet: !new:speechbrain_ext.lobes.models.mossformer.MossFormerMaskNet
-    in_channels: 32
-    out_channels: 32
-    num_blocks: 1
-    group_size: 16
-    query_key_dim: 16
-decoder: !new:speechbrain_ext.lobes.models.mossformer.MossFormerDecoder
-    in_channels: 32
-modules:
-    encoder: !ref <encoder>
-    masknet: !ref <masknet>
-    decoder: !ref <decoder>
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        encoder: !ref <encoder>
-        masknet: !ref <masknet>
-        decoder: !ref <decoder>
-"""
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Small SpeechBrain-format model folders (random weights) for both tasks."""
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    frcrn = root / "frcrn"
-    frcrn.mkdir()
-    (frcrn / "hyperparams.yaml").write_text(SMALL_FRCRN_CARD)
-    torch.save(FRCRN(channels=8, fsmn_hidden=8).state_dict(), frcrn / "model.ckpt")
-    moss = root / "mossformer"
-    moss.mkdir()
-    (moss / "hyperparams.yaml").write_text(SMALL_MOSSFORMER_CARD)
-    model = MossFormer(in_channels=32, out_channels=32, num_blocks=1, d_model=32, group_size=16, query_key_dim=16)
-    for name in ("encoder", "masknet", "decoder"):
-        torch.save(getattr(model, name).state_dict(), moss / f"{name}.ckpt")
-    return {"enhance": frcrn, "separate": moss}
-
 
 def run(*args):
     return subprocess.run([CLI, *map(str, args), "--quiet"], capture_output=True, text=True)

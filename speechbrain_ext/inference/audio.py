@@ -10,19 +10,25 @@ Authors: speechbrain-ext contributors
 
 import math
 import os
-import tempfile
+import re
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
 
+from speechbrain_ext.errors import AudioOutputError, SpeechBrainExtError
+
 #: Loudness the official pipelines normalise input to before the model (dB re full scale).
 REFERENCE_LEVEL_DB = -25.0
 
 
-class AudioInputError(ValueError):
-    """An input that cannot be processed; the message says why, in one sentence."""
+#: File extensions taken as audio when a folder is searched (what libsndfile reads).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
+
+
+class AudioInputError(SpeechBrainExtError, ValueError):
+    """An input that cannot be processed; the message says which file and why, in one sentence."""
 
 
 def audio_info(path):
@@ -43,10 +49,16 @@ def audio_info(path):
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioInputError(f"{path}: not a readable audio file ({str(error).splitlines()[0]})") from None
+        raise AudioInputError(f"{path}: not a readable audio file ({_libsndfile_message(error)})") from None
     if info.frames == 0:
         raise AudioInputError(f"{path}: the file holds no samples")
     return info
+
+
+def _libsndfile_message(error):
+    """libsndfile's message without its "Error opening 'PATH': " prefix (we name the path once)."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+    return re.sub(r"^Error opening .*?: ", "", message).strip()
 
 
 def resampled_length(num_samples, orig_rate, new_rate):
@@ -188,7 +200,7 @@ class AudioReader:
                 if out.shape[-1]:
                     yield out
         except (sf.LibsndfileError, RuntimeError) as error:
-            raise AudioInputError(f"{self.path}: reading failed ({str(error).splitlines()[0]})") from None
+            raise AudioInputError(f"{self.path}: reading failed ({_libsndfile_message(error)})") from None
         tail = resampler.flush()
         if tail.shape[-1]:
             yield tail
@@ -226,12 +238,104 @@ def level_scale(signal, target_db=REFERENCE_LEVEL_DB):
     return (10 ** (target_db / 20) / rms).to(signal.dtype)
 
 
+#: Suffix of the temporary files the writers use; a rerun replaces them (see :func:`temporary_paths`).
+TEMPORARY_SUFFIX = ".sbext-partial"
+#: The ``software`` tag every output carries: how ``--overwrite`` recognises our own earlier outputs.
+OUTPUT_TAG = "speechbrain-ext"
+
+
+def temporary_paths(path):
+    """The fixed temporary names used while writing ``path``: ``[partial, staging]``.
+
+    Fixed (not random) names make an interrupted write recognisable and replaceable: writing
+    ``path`` again first removes both, and the CLI sweeps them for every output it plans.
+
+    Example
+    -------
+    >>> temporary_paths("out/a.wav")
+    ['out/.a.wav.sbext-partial', 'out/.a.wav.staging.sbext-partial']
+    """
+    folder, name = os.path.split(os.fspath(path))
+    return [os.path.join(folder, f".{name}{TEMPORARY_SUFFIX}"), os.path.join(folder, f".{name}.staging{TEMPORARY_SUFFIX}")]
+
+
+def remove_temporaries(path):
+    """Remove the temporary files of an earlier (interrupted) write of ``path``; returns those removed."""
+    removed = []
+    for temporary in temporary_paths(path):
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+            removed.append(temporary)
+    return removed
+
+
+def is_own_output(path):
+    """True if ``path`` is an audio file that speechbrain-ext wrote (it carries :data:`OUTPUT_TAG`).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> sf.write(path, np.zeros(10), 8000)
+    >>> is_own_output(path)
+    False
+    >>> with AtomicAudioWriter(path, 8000, 1) as writer:
+    ...     writer.write(np.zeros((10, 1)))
+    >>> is_own_output(path)
+    True
+    """
+    try:
+        with sf.SoundFile(os.fspath(path)) as stream:
+            return (stream.software or "").startswith(OUTPUT_TAG)
+    except (sf.LibsndfileError, RuntimeError, TypeError, OSError):
+        return False
+
+
+def same_file(a, b):
+    """True if the paths name one existing file (symbolic and hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def os_reason(error, stream=None):
+    """The operating system's reason for a failed file operation, in lower case, no full stop.
+
+    libsndfile reports failed system calls as "System error."; the real reason (errno) is in the
+    failing file's own error string, or in the errno that the C call left.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    else:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        if "System error" in reason:
+            detail = ""
+            if stream is not None and getattr(stream, "_file", None) is not None:
+                try:
+                    detail = sf._ffi.string(sf._snd.sf_strerror(stream._file)).decode(errors="replace")
+                except Exception:  # private libsndfile access: best effort only
+                    detail = ""
+            if ":" in detail:
+                reason = detail.split(":", 1)[1]
+            elif getattr(sf._ffi, "errno", 0):
+                reason = os.strerror(sf._ffi.errno)
+        reason = reason.removeprefix("Error opening").strip()
+    reason = reason.strip().rstrip(".")
+    return reason[:1].lower() + reason[1:]
+
+
 class AtomicAudioWriter:
     """Write audio block by block to a temporary file, renamed to ``path`` only on success.
 
-    A failure (an exception inside the ``with`` block) removes the temporary file, so no
-    half-written output is ever left under the final name. Float samples are clipped to
-    [-1, 1] for integer subtypes (no int16 wrap-around); ``clipped`` counts clipped samples.
+    The temporary file has a fixed name beside ``path`` (:func:`temporary_paths`), so a write
+    killed half-way (even by ``kill -9``) is replaced by the next write of the same output; any
+    failure inside the ``with`` block, or while opening or closing the file, removes it. The
+    output gets the permissions of any new file under the user's umask, and carries
+    :data:`OUTPUT_TAG` so that later runs can tell our outputs from the user's own files. A
+    failed write raises :class:`~speechbrain_ext.errors.AudioOutputError` ("cannot write PATH:
+    no space left on device"). Float samples are clipped to [-1, 1] for integer subtypes (no
+    int16 wrap-around); ``clipped`` counts clipped samples.
 
     Arguments
     ---------
@@ -241,6 +345,13 @@ class AtomicAudioWriter:
     channels : int
     subtype : str
         A soundfile subtype: ``'PCM_16'`` (default, clipped), ``'PCM_24'``, ``'FLOAT'`` (no clipping).
+    source : str, optional
+        The input this output is made from: writing over it is refused.
+    temporary : int
+        Which of :func:`temporary_paths` to write to (1: the separation's float staging files).
+    rename : bool
+        False: on success keep the result at its temporary name (``temporary_path``), for the
+        caller to read back and remove; on failure it is removed all the same.
 
     Example
     -------
@@ -250,22 +361,58 @@ class AtomicAudioWriter:
     ...     writer.write(np.full((100, 1), 2.0, dtype=np.float32))
     >>> writer.clipped, float(sf.read(path)[0].max())
     (100, 0.999969482421875)
+    >>> AtomicAudioWriter(path, 16000, 1, source=path).__enter__()
+    Traceback (most recent call last):
+    ...
+    speechbrain_ext.errors.AudioOutputError: refusing to write ... it is the input file
     """
 
-    def __init__(self, path, sample_rate, channels, subtype="PCM_16"):
+    def __init__(self, path, sample_rate, channels, subtype="PCM_16", source=None, temporary=0, rename=True):
         self.path = os.fspath(path)
         self.sample_rate, self.channels, self.subtype = sample_rate, channels, subtype
+        self.source = source
+        self.rename = rename
         self.clipped = 0
         self._file = None
+        self._tmp = self.temporary_path = temporary_paths(self.path)[temporary]
+
+    def _fail(self, error, stream=None):
+        self._discard()
+        return AudioOutputError(f"cannot write {self.path}: {os_reason(error, stream)}")
+
+    def _discard(self):
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # already failed; the file goes anyway
+                pass
+            self._file = None
+        if os.path.lexists(self._tmp):
+            os.remove(self._tmp)
 
     def __enter__(self):
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        handle, self._tmp = tempfile.mkstemp(prefix=".partial-", suffix=os.path.splitext(self.path)[1] or ".wav",
-                                             dir=folder)
-        os.close(handle)
-        self._file = sf.SoundFile(self._tmp, "w", self.sample_rate, self.channels, self.subtype,
-                                  format=_format_for(self.path))
+        if self.source is not None and same_file(self.source, self.path):
+            raise AudioOutputError(f"refusing to write {self.path}: it is the input file")
+        if os.path.isdir(self.path):
+            raise AudioOutputError(f"cannot write {self.path}: it is a folder")
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            if os.path.lexists(self._tmp):  # left by an interrupted run
+                os.remove(self._tmp)
+            # os.open applies the umask to 0o666, as for any new file (mkstemp would give 0600).
+            descriptor = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as error:
+            raise self._fail(error) from None
+        try:
+            self._file = sf.SoundFile(descriptor, "w", self.sample_rate, self.channels, self.subtype,
+                                      format=_format_for(self.path), closefd=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as error:
+            os.close(descriptor)
+            raise self._fail(error) from None
+        try:
+            self._file.software = f"{OUTPUT_TAG} {_version()}"
+        except (sf.LibsndfileError, RuntimeError):  # a format without metadata
+            pass
         return self
 
     def write(self, block):
@@ -280,15 +427,29 @@ class AtomicAudioWriter:
             if over.any():
                 self.clipped += int(over.sum())
                 block = np.clip(block, -1.0, 1.0)
-        self._file.write(block)
+        try:
+            self._file.write(block)
+        except (sf.LibsndfileError, RuntimeError, OSError) as error:
+            raise self._fail(error, self._file) from None
 
     def __exit__(self, error_type, error, traceback):
-        self._file.close()
-        if error_type is None:
-            os.replace(self._tmp, self.path)
-        elif os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        if error_type is not None:
+            self._discard()
+            return False
+        try:
+            self._file.close()
+            self._file = None
+            if self.rename:
+                os.replace(self._tmp, self.path)
+        except (sf.LibsndfileError, RuntimeError, OSError) as close_error:
+            raise self._fail(close_error) from None
         return False
+
+
+def _version():
+    from speechbrain_ext import __version__
+
+    return __version__
 
 
 def _format_for(path):

@@ -9,36 +9,24 @@ import torch
 import torch.nn.functional as F
 from speechbrain.inference.interfaces import Pretrained
 
-from speechbrain_ext.inference.audio import AtomicAudioWriter, AudioInputError, AudioReader, StreamResampler, level_scale
+from speechbrain_ext.inference.audio import (
+    REFERENCE_LEVEL_DB,
+    AtomicAudioWriter,
+    AudioInputError,
+    AudioReader,
+    StreamResampler,
+    level_scale,
+)
 from speechbrain_ext.inference.chunking import chunk_lengths, chunked_inference
+from speechbrain_ext.inference.options import (
+    absolute_lengths,
+    as_waveform_batch,
+    check_batch_size,
+    check_channels,
+    check_chunking,
+    check_output_rate,
+)
 from speechbrain_ext.inference.sources import OfficialSourceMixin
-
-
-def as_float_waveform(wavs):
-    """Float32 view of a waveform batch; integer PCM is scaled to [-1, 1).
-
-    Example
-    -------
-    >>> as_float_waveform(torch.tensor([16384, -32768], dtype=torch.int16)).tolist()
-    [0.5, -1.0]
-    """
-    if wavs.dtype == torch.int16:
-        return wavs.float() / 32768
-    if wavs.dtype == torch.int32:
-        return wavs.float() / 2**31
-    if wavs.dtype == torch.uint8:
-        return (wavs.float() - 128) / 128
-    if not wavs.is_floating_point():
-        raise TypeError(f"unsupported waveform dtype {wavs.dtype}")
-    return wavs.float()
-
-
-def valid_lengths(wavs, lengths):
-    """Absolute lengths from SpeechBrain's relative ``lengths`` (None: all full)."""
-    total = wavs.shape[-1]
-    if lengths is None:
-        return [total] * wavs.shape[0]
-    return [int(round(float(rel) * total)) for rel in lengths]
 
 
 class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
@@ -109,10 +97,10 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
 
         Arguments
         ---------
-        noisy : torch.Tensor
+        noisy : torch.Tensor, numpy array or list
             ``[B, T]`` (or ``[T]``) waveforms at the model's sample rate, float or integer PCM.
-        lengths : torch.Tensor, optional
-            Relative lengths in [0, 1] as in SpeechBrain; padded items are enhanced exactly as
+        lengths : torch.Tensor, numpy array or list, optional
+            ``B`` relative lengths in [0, 1] as in SpeechBrain (anything else is refused); padded items are enhanced exactly as
             if they were alone (FRCRN's attention pools over the whole utterance, so items of
             different lengths are run separately), and their padding comes back as zeros.
 
@@ -121,9 +109,8 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
         torch.Tensor
             ``[B, T]`` enhanced waveforms, on the model's device.
         """
-        single = noisy.dim() == 1
-        noisy = as_float_waveform(noisy[None] if single else noisy)
-        sizes = valid_lengths(noisy, lengths)
+        noisy, single = as_waveform_batch(noisy)
+        sizes = absolute_lengths(noisy, lengths)
         if all(size == noisy.shape[-1] for size in sizes):
             enhanced = self._enhance_equal(noisy)
         else:
@@ -148,7 +135,7 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
             loud_sum += (power * loud).sum(dim=1)
             loud_count += loud.sum(dim=1)
         rms = (loud_sum / loud_count.clamp(min=1)).sqrt()
-        return torch.where(rms > 0, 10 ** (-25 / 20) / rms, torch.ones_like(rms)).float()
+        return torch.where(rms > 0, 10 ** (REFERENCE_LEVEL_DB / 20) / rms, torch.ones_like(rms)).float()
 
     def enhance_file(self, filename, output_filename=None, chunk_seconds=10.0, overlap_seconds=None,
                      batch_size=1, channels="mix", output_rate=None, subtype="PCM_16"):
@@ -159,8 +146,9 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
         filename : str
             Input audio file.
         output_filename : str, optional
-            Where to write the result. The file is written block by block to a temporary name
-            and renamed when complete, so memory stays bounded and no partial file is left.
+            Where to write the result (never the input file itself). The file is written block
+            by block to a temporary name and renamed when complete, so memory stays bounded and
+            no partial file is left.
         chunk_seconds : float or None
             Length of the chunks the model sees (``None``: the whole file at once). 10 s keeps
             peak memory at about what a 10 s file needs (~1.5 GB on CPU for the official size)
@@ -182,6 +170,9 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
             Without ``output_filename``: the enhanced waveform ``[T]`` (``[C, T]`` for ``'all'``).
             With it: ``{"path", "seconds", "sample_rate", "clipped_samples"}``.
         """
+        chunk_seconds, overlap_seconds = check_chunking(chunk_seconds, overlap_seconds)
+        batch_size, channels = check_batch_size(batch_size), check_channels(channels)
+        output_rate = check_output_rate(output_rate)
         reader = AudioReader(filename, self.sample_rate, channels)
         self._model_length(reader.num_samples)  # rejects inputs shorter than one frame early
         scale = self._file_scale(reader)
@@ -199,7 +190,7 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
 
         rate = reader.sample_rate if output_rate == "input" else (output_rate or self.sample_rate)
         resampler = StreamResampler(self.sample_rate, rate)
-        with AtomicAudioWriter(output_filename, rate, reader.num_channels, subtype) as writer:
+        with AtomicAudioWriter(output_filename, rate, reader.num_channels, subtype, source=filename) as writer:
             for block in blocks:
                 writer.write(resampler.push(block).T)
             writer.write(resampler.flush().T)

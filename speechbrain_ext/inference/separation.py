@@ -15,7 +15,13 @@ from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_ext.inference.audio import AtomicAudioWriter, AudioInputError, AudioReader, StreamResampler
 from speechbrain_ext.inference.chunking import chunk_lengths, chunked_inference
-from speechbrain_ext.inference.enhancement import as_float_waveform
+from speechbrain_ext.inference.options import (
+    as_waveform_batch,
+    check_batch_size,
+    check_channels,
+    check_chunking,
+    check_output_rate,
+)
 from speechbrain_ext.inference.sources import OfficialSourceMixin
 
 #: Peak level of each separated speaker in written files (the official pipeline's 0.5).
@@ -64,7 +70,7 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
 
         Arguments
         ---------
-        mix : torch.Tensor
+        mix : torch.Tensor, numpy array or list
             ``[B, T]`` (or ``[T]``) mixtures at the model's sample rate, float or integer PCM.
 
         Returns
@@ -72,8 +78,8 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         torch.Tensor
             ``[B, T, num_spks]`` separated sources (``[T, num_spks]`` for a 1-D input).
         """
-        single = mix.dim() == 1
-        mix = as_float_waveform(mix[None] if single else mix).to(self.device)
+        mix, single = as_waveform_batch(mix)
+        mix = mix.to(self.device)
         if not torch.isfinite(mix).all():
             raise AudioInputError("input holds NaN or infinite samples")
         kernel = self.mods.encoder.conv1d.kernel_size[0]
@@ -134,6 +140,9 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
             each scaled to a peak of 1 like SpeechBrain's ``separate_file``. With it: the paths
             written.
         """
+        chunk_seconds, overlap_seconds = check_chunking(chunk_seconds, overlap_seconds)
+        batch_size, channels = check_batch_size(batch_size), check_channels(channels)
+        output_rate = check_output_rate(output_rate)
         reader = AudioReader(path, self.sample_rate, channels)
         blocks = self._separate_stream(reader, chunk_seconds, overlap_seconds, batch_size)
         if savedir is None:
@@ -141,20 +150,18 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
             sources = sources / sources.abs().amax(dim=1, keepdim=True).clamp(min=1e-8)
             return sources if channels == "all" else sources[0]
 
-        # Pass 1: stream float sources to temporary files while tracking each speaker's peak;
+        # Pass 1: stream float sources to staging files while tracking each speaker's peak;
         # pass 2: rescale to the output peak and write the final files atomically.
         rate = reader.sample_rate if output_rate == "input" else (output_rate or self.sample_rate)
-        stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
-        os.makedirs(savedir, exist_ok=True)
         num_spks = self.hparams.num_spks
-        staging = [os.path.join(savedir, f".staging-{stem}_spk{s + 1}.wav") for s in range(num_spks)]
-        finals = [os.path.join(savedir, f"{stem}_spk{s + 1}.wav") for s in range(num_spks)]
+        finals = self.output_paths(path, savedir)
         peaks = np.zeros(num_spks)
+        resamplers = [StreamResampler(self.sample_rate, rate) for _ in range(num_spks)]
+        staging = [AtomicAudioWriter(final, rate, reader.num_channels, "FLOAT", source=path, temporary=1, rename=False)
+                   for final in finals]
         try:
-            resamplers = [StreamResampler(self.sample_rate, rate) for _ in range(num_spks)]
             with contextlib.ExitStack() as stack:  # a failure removes every staging file
-                writers = [stack.enter_context(AtomicAudioWriter(p, rate, reader.num_channels, "FLOAT"))
-                           for p in staging]
+                writers = [stack.enter_context(writer) for writer in staging]
                 for block in itertools.chain(blocks, [None]):  # None: flush the resamplers
                     for s in range(num_spks):
                         out = resamplers[s].flush() if block is None else resamplers[s].push(block[..., s])
@@ -163,14 +170,20 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
                         writers[s].write(out.T)
             for s in range(num_spks):
                 gain = OUTPUT_PEAK / peaks[s] if peaks[s] > 0 else 1.0
-                with AtomicAudioWriter(finals[s], rate, reader.num_channels, subtype) as writer:
-                    for block in sf.blocks(staging[s], blocksize=rate * 10, dtype="float32", always_2d=True):
+                with AtomicAudioWriter(finals[s], rate, reader.num_channels, subtype, source=path) as writer:
+                    for block in sf.blocks(staging[s].temporary_path, blocksize=rate * 10, dtype="float32",
+                                           always_2d=True):
                         writer.write(block * gain)
         finally:
-            for p in staging:
-                if os.path.exists(p):
-                    os.remove(p)
+            for writer in staging:
+                if os.path.exists(writer.temporary_path):
+                    os.remove(writer.temporary_path)
         return finals
+
+    def output_paths(self, path, savedir):
+        """The files :meth:`separate_file` writes for ``path``: ``savedir/<name>_spk<k>.wav``."""
+        stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+        return [os.path.join(savedir, f"{stem}_spk{s + 1}.wav") for s in range(self.hparams.num_spks)]
 
     def forward(self, mix):
         """Separate a batch (see :meth:`separate_batch`)."""

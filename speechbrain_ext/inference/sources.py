@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain_ext.errors import SpeechBrainExtError
 
 CARDS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
 
@@ -43,7 +44,7 @@ OFFICIAL_REPOS = {
 _OFFICIAL_MARKERS = ("pytorch_model.bin", "last_best_checkpoint", "masknet.bin")
 
 
-class SourceError(ValueError):
+class SourceError(SpeechBrainExtError, ValueError):
     """A model source that cannot be used; the message says why and what to do."""
 
 

@@ -33,6 +33,7 @@ import time
 
 import torch
 
+from speechbrain_ext.errors import InvalidOptionError
 from speechbrain_ext.nnet.complex import complex_multiply
 
 
@@ -319,9 +320,11 @@ def stream_file(enhancer_or_model, input_path, output_path, block_size=320, alig
     (0.25, 0.04, 4000)
     """
     from speechbrain_ext.inference.audio import AtomicAudioWriter, AudioReader, StreamResampler
+    from speechbrain_ext.inference.options import check_channels, check_output_rate
 
-    if block_size < 1:
-        raise ValueError(f"block_size must be a positive number of samples, got {block_size}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise InvalidOptionError(f"block_size must be a positive number of samples, got {block_size!r}")
+    channels, output_rate = check_channels(channels), check_output_rate(output_rate)
     if isinstance(enhancer_or_model, FRCRNStreamer):
         streamer = enhancer_or_model
         streamer.reset()
@@ -339,7 +342,7 @@ def stream_file(enhancer_or_model, input_path, output_path, block_size=320, alig
         to_skip -= skip
         writer.write(resampler.push((samples[:, skip:] / input_gain).cpu()).T)
 
-    with AtomicAudioWriter(output_path, rate, reader.num_channels, subtype) as writer:
+    with AtomicAudioWriter(output_path, rate, reader.num_channels, subtype, source=input_path) as writer:
         for chunk in reader:  # [C, n], about a second at a time
             for block in chunk.split(block_size, dim=-1):
                 start = time.perf_counter()

@@ -35,6 +35,8 @@ import re
 import numpy as np
 import soundfile as sf
 
+from speechbrain_ext.errors import SpeechBrainExtError
+
 logger = logging.getLogger(__name__)
 
 OPTIONS_FILE = "dns_prepare.json"
@@ -47,7 +49,7 @@ SILENCE_RMS = 10 ** (-50 / 20)
 ACTIVE_SEGMENT_TRIES = 10
 
 
-class DNSLayoutError(ValueError):
+class DNSLayoutError(SpeechBrainExtError, ValueError):
     """The data folder is not a DNS-Challenge (interspeech2020) checkout."""
 
 
