@@ -15,6 +15,7 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps clearvoice==0.1.2
 	$(PY) -c "import speechbrain_ext, speechbrain, torchaudio; print('speechbrain-ext', speechbrain_ext.__version__, 'ready')"
 	@touch $(STAMP)
 

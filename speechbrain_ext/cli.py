@@ -15,6 +15,7 @@ DEFAULT_MODELS = {
     "enhancement": "alibabasglab/FRCRN_SE_16K",
     "separation": "iic/speech_mossformer_separation_temporal_8k",
 }
+LAYOUT_NAMES = {"speechbrain": "SpeechBrain", "modelscope": "ModelScope", "clearervoice": "ClearerVoice-Studio"}
 #: How many skipped (unsupported) files the summary names before it only counts them.
 MAX_LISTED = 20
 
@@ -139,11 +140,17 @@ def _run_separate(args):
 
 
 def _run_convert(args):
-    from speechbrain_ext.inference.sources import write_speechbrain_folder
+    from speechbrain_ext.model_folders import ModelFolderError, write_model_folder
 
+    if os.path.exists(args.output_dir) and (not os.path.isdir(args.output_dir) or os.listdir(args.output_dir)):
+        raise SystemExit(f"speechbrain-ext: {args.output_dir} is not empty: nothing was written (choose a new folder)")
     model = _load_model(args.task, args)
-    written = write_speechbrain_folder(model, args.output_dir, model.CARD)
-    print(f"wrote a SpeechBrain-format {args.task} model to {args.output_dir}:")
+    source = args.model or DEFAULT_MODELS[args.task]
+    try:
+        written = write_model_folder(model, args.output_dir, args.to, source=source)
+    except (ModelFolderError, OSError) as error:
+        raise SystemExit(f"speechbrain-ext: {_first_line(error)}") from None
+    print(f"wrote a {LAYOUT_NAMES[args.to]} {args.task} model to {args.output_dir}:")
     for path in written:
         print(f"  {path}")
     return 0
@@ -244,9 +251,12 @@ def build_parser():
     _add_processing_arguments(separate, "separation")
     separate.set_defaults(run=_run_separate)
 
-    convert = commands.add_parser("convert", help="official checkpoint(s) -> SpeechBrain-format model folder")
+    convert = commands.add_parser("convert", help="write a model as a SpeechBrain, ModelScope or ClearerVoice-Studio folder")
     convert.add_argument("task", choices=sorted(DEFAULT_MODELS), help="which model the source holds")
-    convert.add_argument("-o", "--output-dir", required=True, help="folder to write hyperparams.yaml + *.ckpt to")
+    convert.add_argument("-o", "--output-dir", required=True, help="a new folder to write the model to")
+    convert.add_argument("--to", choices=sorted(LAYOUT_NAMES), default="speechbrain",
+                         help="the layout: speechbrain (hyperparams.yaml + *.ckpt, default), modelscope (loads in "
+                         "ModelScope's pipeline), clearervoice (loads in ClearVoice; FRCRN only)")
     _add_model_arguments(convert, " or ".join(f"{m} ({t})" for t, m in DEFAULT_MODELS.items()))
     convert.set_defaults(run=_run_convert)
 

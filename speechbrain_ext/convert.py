@@ -396,16 +396,14 @@ def _mossformer_rename(name, rules):
     return None
 
 
-def _mossformer_configuration(path):
-    """MossFormer keyword arguments from a ModelScope ``configuration.json`` ({} if absent).
+def read_official_configuration(path, model_class):
+    """Constructor arguments of ``model_class`` from a ModelScope ``configuration.json`` ({} if absent).
 
     ModelScope passes the ``model`` section (less its ``type``) to the model constructor; we
-    also accept a nested ``model_config`` section and keep only the keys MossFormer takes.
+    also accept a nested ``model_config`` section and keep only the keys ``model_class`` takes.
     """
     import inspect
     import json
-
-    from speechbrain_ext.lobes.models.mossformer import MossFormer
 
     if not os.path.isfile(path):
         return {}
@@ -419,15 +417,40 @@ def _mossformer_configuration(path):
         return {}
     if isinstance(section.get("model_config"), Mapping):
         section = {**section, **section["model_config"]}
-    accepted = inspect.signature(MossFormer).parameters
+    accepted = inspect.signature(model_class).parameters
     return {key: value for key, value in section.items() if key in accepted}
+
+
+def modelscope_configuration(task, model_kwargs, **extra):
+    """The ``configuration.json`` content with which ModelScope's own ``pipeline(task, model=folder)``
+    builds the model and its pipeline (``task``: ``"enhancement"`` or ``"separation"``).
+
+    Example
+    -------
+    >>> modelscope_configuration("separation", {"num_spks": 2})["pipeline"]
+    {'type': 'speech_mossformer_separation_temporal_8k'}
+    """
+    # ModelScope registers both the model and the pipeline under these names (metainfo).
+    task_name, model_type = {
+        "enhancement": ("acoustic-noise-suppression", "speech_frcrn_ans_cirm_16k"),
+        "separation": ("speech-separation", "speech_mossformer_separation_temporal_8k"),
+    }[task]
+    return {
+        "framework": "pytorch",
+        "task": task_name,
+        "pipeline": {"type": model_type},
+        "model": {"type": model_type, **model_kwargs, **extra},
+        "preprocessor": {},
+    }
 
 
 def _official_mossformer_parts(checkpoint):
     """``({part: state dict}, configuration kwargs, unexpected names)`` from any official layout."""
     if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
         parts = {part: read_state_dict(os.path.join(checkpoint, f"{part}.bin")) for part in _MOSSFORMER_PARTS}
-        return parts, _mossformer_configuration(os.path.join(checkpoint, "configuration.json")), []
+        from speechbrain_ext.lobes.models.mossformer import MossFormer
+
+        return parts, read_official_configuration(os.path.join(checkpoint, "configuration.json"), MossFormer), []
     if isinstance(checkpoint, (tuple, list)):
         if len(checkpoint) != len(_MOSSFORMER_PARTS):
             raise CheckpointMismatchError(
@@ -550,8 +573,8 @@ def mossformer_to_official(model, directory=None):
         holding ``encoder``, ``masknet`` and ``decoder`` modules as attributes or keys (e.g. the
         ``modules`` of ``hparams/mossformer.yaml``).
     directory : str or os.PathLike, optional
-        If given, ``encoder.bin``, ``masknet.bin``, ``decoder.bin`` and, when the model knows its
-        constructor arguments, a ModelScope ``configuration.json`` are written there.
+        If given, ``encoder.bin``, ``masknet.bin``, ``decoder.bin`` and a ModelScope
+        ``configuration.json`` (which ModelScope's own ``pipeline`` accepts) are written there.
 
     Returns
     -------
@@ -589,16 +612,12 @@ def mossformer_to_official(model, directory=None):
     if directory is not None:
         import json
 
+        from speechbrain_ext.lobes.models.mossformer import MossFormer
+
         os.makedirs(directory, exist_ok=True)
         for part, state in official.items():
             torch.save(state, os.path.join(directory, f"{part}.bin"))
-        config = getattr(model, "config", None)
-        if config is not None:
-            configuration = {
-                "framework": "pytorch",
-                "task": "speech-separation",
-                "model": {"type": "speech_mossformer_separation_temporal_8k", **config},
-            }
-            with open(os.path.join(directory, "configuration.json"), "w", encoding="utf-8") as file:
-                json.dump(configuration, file, indent=4)
+        config = MossFormer.from_modules(modules["encoder"], modules["masknet"], modules["decoder"]).config
+        with open(os.path.join(directory, "configuration.json"), "w", encoding="utf-8") as file:
+            json.dump(modelscope_configuration("separation", config), file, indent=4)
     return official

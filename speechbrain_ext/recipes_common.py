@@ -11,7 +11,10 @@ SpeechBrain 1.1 lives here, once:
   int;
 - :func:`within_time_budget`: stops before an epoch that would end past a time budget;
 - :func:`reseed_per_process`: different on-the-fly data in every DDP process;
-- :func:`read_rows`: the rows of a CSV manifest.
+- :func:`read_rows`: the rows of a CSV manifest;
+- :func:`export_model`: the best model as a SpeechBrain-format folder (``<output_folder>/model``),
+  which ``from_hparams`` loads and ``speechbrain-ext convert`` turns into ModelScope or
+  ClearerVoice-Studio folders.
 
 Authors
  * speechbrain-ext contributors
@@ -126,6 +129,34 @@ def reseed_per_process(seed):
     rank = get_rank() or 0
     if rank:
         torch.manual_seed(seed + 1000 * rank)
+
+
+#: Where a recipe writes its best model, under its ``output_folder``.
+EXPORTED_MODEL = "model"
+
+
+def export_model(interface_class, modules, hparams, output_folder):
+    """Write the trained ``modules`` as ``<output_folder>/model``, a SpeechBrain-format folder
+    (a previous run's export is replaced). Copies are written, so the training modules stay
+    where they are (device, mode).
+
+    Returns
+    -------
+    str
+        The folder written.
+    """
+    import copy
+
+    from speechbrain_ext.model_folders import write_model_folder
+
+    copies = {name: copy.deepcopy(module).cpu().eval() for name, module in modules.items()}
+    interface = interface_class(modules=copies, hparams=hparams)
+    folder = os.path.join(output_folder, EXPORTED_MODEL)
+    write_model_folder(interface, folder, "speechbrain", source=f"the recipe run in {output_folder}",
+                       replace_own=True)
+    logger.info("Best model written to %s (load it with from_hparams(source=...); "
+                "`speechbrain-ext convert --to modelscope|clearervoice` converts it)", folder)
+    return folder
 
 
 def read_rows(csv_path):

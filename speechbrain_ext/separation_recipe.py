@@ -52,6 +52,7 @@ from speechbrain_ext.evaluation import (
 from speechbrain_ext.recipes_common import (
     RecipeBrain,
     discard_incomplete_checkpoints,
+    export_model,
     read_rows,
     within_time_budget,
 )
@@ -898,4 +899,10 @@ def train_and_evaluate(hparams, run_opts, train_data, valid_data, test_data):
     )
     checkpointer.recover_if_possible(min_key="loss")  # the best model, on every process
     run_on_main(evaluate_test_set, args=[hparams, test_data, brain.device])
+    from speechbrain_ext.inference import SeparateMossFormer
+
+    modules = {name: hparams[name] for name in SeparateMossFormer.MODULES_NEEDED}
+    run_on_main(export_model, args=[SeparateMossFormer, modules, {"sample_rate": hparams["sample_rate"],
+                                                                  "num_spks": hparams["num_spks"]},
+                                    hparams["output_folder"]])
     return brain

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from speechbrain_ext.convert import frcrn_from_official
+from speechbrain_ext.inference import EnhanceFRCRN
 from speechbrain_ext.lobes.models.frcrn import frcrn_loss
 
 from conftest import make_reference_frcrn
@@ -177,6 +178,14 @@ def test_recipe_trains_resumes_mid_epoch_and_evaluates(dns_folder, tmp_path):
                + command[command.index("--number_of_epochs") + 2 :])
     assert [entry["epoch"] for entry in history(output)] == [1, 2, 3]
     assert not os.path.exists(broken)
+    # The best model is exported (the second run's export replaced by the third's).
+    best = min((c for c in checkpoints(output) if "loss" in read_meta(c)), key=lambda c: read_meta(c)["loss"])
+    exported = os.path.join(output, "model")
+    loaded = EnhanceFRCRN.from_hparams(source=exported, savedir=exported)
+    saved = torch.load(os.path.join(best, "model.ckpt"), weights_only=True)
+    state = loaded.mods.model.state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved)
+    assert not [name for name in os.listdir(output) if name.endswith(".sbext-partial")]
 
 
 def test_manifests_are_idempotent_and_follow_the_options(dns_folder, tmp_path):

@@ -12,7 +12,8 @@ import torch
 
 from speechbrain_ext.convert import frcrn_from_official
 from speechbrain_ext.inference import EnhanceFRCRN, SeparateMossFormer
-from speechbrain_ext.inference.sources import SourceError, write_speechbrain_folder
+from speechbrain_ext.inference.sources import SourceError
+from speechbrain_ext.model_folders import write_model_folder
 
 from conftest import make_reference_frcrn, make_reference_mossformer
 
@@ -87,7 +88,7 @@ def test_speechbrain_format_huggingface_repo_from_offline_cache(frcrn_weights, t
     folder = tmp_path / "sb"
     enhancer = EnhanceFRCRN(modules={"model": frcrn_from_official(frcrn_weights[0])},
                             hparams={"sample_rate": 16000})
-    write_speechbrain_folder(enhancer, folder, "frcrn-16k")
+    write_model_folder(enhancer, folder)
     home = str(tmp_path / "hf")
 
     def copier(name):

@@ -190,6 +190,20 @@ def test_recipe_trains_resumes_and_evaluates(wsj0_2mix, tmp_path):
     assert not torch.equal(torch.load(os.path.join(latest, "masknet.ckpt"), weights_only=True)["bottleneck.weight"],
                            first_weights["bottleneck.weight"])  # trained on
     check_test_results(output, wsj0_2mix)
+    check_exported_model(output)
+
+
+def check_exported_model(output_folder):
+    """``<output_folder>/model`` holds the best checkpoint's weights and loads with from_hparams."""
+    from speechbrain_ext.inference import SeparateMossFormer
+
+    best = min((c for c in checkpoints(output_folder) if "loss" in read_meta(c)), key=lambda c: read_meta(c)["loss"])
+    exported = os.path.join(output_folder, "model")
+    loaded = SeparateMossFormer.from_hparams(source=exported, savedir=exported)
+    for name in ("encoder", "masknet", "decoder"):
+        saved = torch.load(os.path.join(best, f"{name}.ckpt"), weights_only=True)
+        state = loaded.mods[name].state_dict()
+        assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved), name
 
 
 def test_three_speakers_dynamic_mixing_speed_perturbation_and_bf16(tmp_path):

@@ -56,9 +56,12 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
 
     @classmethod
     def _load_official(cls, hparams, folder):
-        from speechbrain_ext.convert import load_frcrn_official
+        from speechbrain_ext.convert import load_frcrn_official, read_official_configuration
+        from speechbrain_ext.lobes.models.frcrn import FRCRN
 
-        load_frcrn_official(hparams["model"], folder)
+        sizes = read_official_configuration(os.path.join(folder, "configuration.json"), FRCRN)
+        model = FRCRN(**{**hparams["model"].config, **sizes}) if sizes else hparams["model"]
+        return {"model": load_frcrn_official(model, folder)}
 
     @property
     def sample_rate(self):

@@ -28,6 +28,19 @@ from speechbrain_ext.inference.sources import OfficialSourceMixin
 OUTPUT_PEAK = 0.5
 
 
+def _configured_sample_rate(folder):
+    """The ``sample_rate`` that speechbrain-ext writes into a ModelScope configuration (None if absent)."""
+    import json
+
+    path = os.path.join(folder, "configuration.json")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            rate = json.load(stream).get("model", {}).get("sample_rate")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(rate) if isinstance(rate, (int, float)) and rate > 0 else None
+
+
 class SeparateMossFormer(OfficialSourceMixin, Pretrained):
     """A ready-to-use MossFormer separator, in the style of ``SepformerSeparation``.
 
@@ -57,9 +70,10 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
     def _load_official(cls, hparams, folder):
         from speechbrain_ext.convert import mossformer_from_official
 
-        official = mossformer_from_official(folder)
-        for name in cls.MODULES_NEEDED:
-            hparams[name].load_state_dict(getattr(official, name).state_dict(), strict=True)
+        official = mossformer_from_official(folder)  # sized by the folder's configuration.json
+        hparams["num_spks"] = official.num_spks
+        hparams["sample_rate"] = _configured_sample_rate(folder) or hparams["sample_rate"]
+        return {name: getattr(official, name) for name in cls.MODULES_NEEDED}
 
     @property
     def sample_rate(self):

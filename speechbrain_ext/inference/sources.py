@@ -121,8 +121,9 @@ class OfficialSourceMixin:
     """Adds official sources to ``Pretrained.from_hparams``.
 
     Subclasses set ``CARD`` (the shipped card's folder name) and implement
-    ``_load_official(hparams, folder)``, which fills ``hparams["modules"]`` from the official
-    files in ``folder``.
+    ``_load_official(hparams, folder)``, which returns the modules filled from the official
+    files in ``folder``, sized by the folder's ``configuration.json`` when it has one (the
+    card's official sizes otherwise), and may update ``hparams`` (e.g. ``num_spks``).
     """
 
     CARD = None
@@ -153,35 +154,8 @@ class OfficialSourceMixin:
             return super().from_hparams(source, hparams_file=hparams_file, overrides=overrides or {}, **kwargs)
         with open(card_path(cls.CARD), encoding="utf-8") as stream:
             hparams = load_hyperpyyaml(stream, overrides or {})
-        cls._load_official(hparams, folder)
+        modules = cls._load_official(hparams, folder)
+        hparams.update(modules)
+        hparams["modules"] = modules
         run_opts = kwargs.get("run_opts")
-        return cls(modules=hparams["modules"], hparams=hparams, run_opts=run_opts)
-
-
-def write_speechbrain_folder(interface, folder, card):
-    """Save a loaded interface as a SpeechBrain-format model folder (card yaml + checkpoints).
-
-    The folder loads with ``from_hparams(source=folder)`` and can be uploaded to a model hub
-    as is: ``hyperparams.yaml`` is the shipped card, and each module the card's pretrainer
-    loads is saved as ``<name>.ckpt``.
-
-    Returns
-    -------
-    list of str
-        The files written.
-    """
-    import shutil
-
-    import torch
-
-    os.makedirs(folder, exist_ok=True)
-    written = [os.path.join(folder, "hyperparams.yaml")]
-    shutil.copyfile(card_path(card), written[0])
-    readme = card_path(card, "README.md")
-    if os.path.exists(readme):
-        written.append(os.path.join(folder, "README.md"))
-        shutil.copyfile(readme, written[-1])
-    for name, module in interface.mods.items():
-        written.append(os.path.join(folder, f"{name}.ckpt"))
-        torch.save(module.state_dict(), written[-1])
-    return written
+        return cls(modules=modules, hparams=hparams, run_opts=run_opts)

@@ -23,6 +23,18 @@ from scipy.signal import get_window
 _WINDOW_ALIASES = {"hanning": "hann"}  # the official configuration.json says "hanning"
 
 
+def canonical_window_name(win_type):
+    """The scipy name of a window: ``'hanning'`` (the official spelling, which scipy >= 1.13
+    rejects) becomes ``'hann'``.
+
+    Example
+    -------
+    >>> canonical_window_name("hanning"), canonical_window_name("hamming")
+    ('hann', 'hamming')
+    """
+    return _WINDOW_ALIASES.get(win_type, win_type)
+
+
 def analysis_window(win_type, win_len):
     """Square root of a periodic window, as FRCRN applies it on both sides of the STFT.
 
@@ -43,7 +55,7 @@ def analysis_window(win_type, win_len):
     if win_type is None or win_type == "None":
         window = np.ones(win_len)
     else:
-        window = get_window(_WINDOW_ALIASES.get(win_type, win_type), win_len, fftbins=True)
+        window = get_window(canonical_window_name(win_type), win_len, fftbins=True)
     return torch.from_numpy(np.sqrt(window)).float()
 
 

@@ -38,11 +38,13 @@ from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_ext.convert import frcrn_from_official
 from speechbrain_ext.evaluation import EvaluationItem, evaluate_items, format_summary, plot_spectrograms, write_csv
+from speechbrain_ext.inference import EnhanceFRCRN
 from speechbrain_ext.lobes.models.frcrn import frcrn_loss, si_snr
 from speechbrain_ext.recipes_common import (
     RecipeBrain,
     complete_run_options,
     discard_incomplete_checkpoints,
+    export_model,
     read_rows,
     reseed_per_process,
     within_time_budget,
@@ -261,6 +263,8 @@ def main(argv):
 
     checkpointer.recover_if_possible(min_key="loss")  # the best model, on every process
     run_on_main(evaluate_test_sets, args=[hparams, manifests, brain.device])
+    run_on_main(export_model, args=[EnhanceFRCRN, {"model": hparams["model"]},
+                                    {"sample_rate": hparams["sample_rate"]}, hparams["output_folder"]])
 
 
 if __name__ == "__main__":

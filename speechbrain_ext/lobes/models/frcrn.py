@@ -38,7 +38,7 @@ from speechbrain_ext.nnet.complex import (
     complex_multiply,
 )
 from speechbrain_ext.nnet.fsmn import ComplexFSMN
-from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
+from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT, canonical_window_name
 
 # Frequency kernel sizes of the depth-14 UNet (time kernels are all 2, frequency strides 2).
 # They take the 321 bins of a 640-point FFT down to 1 and back:
@@ -350,6 +350,13 @@ class FRCRN(nn.Module):
             raise ValueError("log_amp=True is not part of FRCRN (the reference ignores it as well)")
         self.win_len, self.win_inc, self.fft_len = win_len, win_inc, fft_len
         self.causal = causal
+        # What rebuilds this model (model cards, configuration.json); the fixed official
+        # arguments (complex, model_complexity, model_depth, log_amp) are implied.
+        self.config = dict(
+            win_len=win_len, win_inc=win_inc, fft_len=fft_len, win_type=canonical_window_name(win_type),
+            channels=channels, fsmn_hidden=fsmn_hidden, fsmn_order=fsmn_order, se_reduction=se_reduction,
+            padding_mode=padding_mode, causal=causal,
+        )
         self.stft = FramedSTFT(win_len, win_inc, fft_len, win_type)
         self.istft = FramedISTFT(win_len, win_inc, fft_len, win_type)
         unet_kwargs = dict(
