@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from speechbrain_ext.evaluation import summary_path_for
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "DNS", "enhancement")
 
@@ -127,7 +129,8 @@ def main(argv=None):
         history = [json.loads(line) for line in stream]
     png = write_curve(history, launched, os.path.join(args.output, "learning_curve.csv"),
                       os.path.join(args.output, "learning_curve.png"), args.target_db)
-    with open(os.path.join(train_folder, "test_results_no_reverb_summary.csv"), newline="", encoding="utf-8") as s:
+    summary_csv = summary_path_for(os.path.join(train_folder, "test_results_no_reverb.csv"))  # the recipe's CSV
+    with open(summary_csv, newline="", encoding="utf-8") as s:
         summary = {row["system"]: row for row in csv.DictReader(s)}
     improvement = float(summary["enhanced"]["si_snr_improvement"])
     print(f"epochs: {history[-1]['epoch']}, last validation SI-SNRi: {history[-1]['valid']['si_snr_improvement']:.2f} dB")

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # seeded reference models
 
 def write_test_file(path, seconds, rate, seed=0):
     """Speech-like signal plus pink noise, written 10 s at a time."""
-    from speechbrain_ext.testing.audio import mix_at_snr, pink_noise, speech_like, two_speaker_mixture
+    from speechbrain_ext.synthetic import mix_at_snr, pink_noise, speech_like, two_speaker_mixture
 
     block = 10.0
     with sf.SoundFile(path, "w", rate, 1, "PCM_16") as out:

@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "WSJ0Mix", "separation")
 
 # Generated data: 40 training speakers (tr, cv) and 10 held-out speakers (tt); every mixture
-# pairs a lower and a higher voice (as speechbrain_ext.testing.audio.two_speaker_mixture).
+# pairs a lower and a higher voice (as speechbrain_ext.synthetic.two_speaker_mixture).
 DATA = dict(
     num_mixtures={"tr": 400, "cv": 16, "tt": 30}, num_train_speakers=40, num_test_speakers=10,
     utterances_per_speaker=8, utterance_seconds=(2.0, 4.0), sample_rates=(8000,), modes=("min",),

@@ -1,6 +1,7 @@
 """The ``speechbrain-ext`` command line.
 
-Each subcommand is a function ``_run_<name>(args)`` returning the exit status;
+Each subcommand is a function ``_run_<name>(args)`` returning the exit status (``evaluate``'s is
+public, :func:`run_evaluate`, with :func:`add_evaluate_arguments`, for recipes and scripts);
 :func:`build_parser` declares them. Per-file problems are reported in one line each and in the
 final summary, never as a traceback.
 """
@@ -163,6 +164,115 @@ def _run_demo(args):
     return 0
 
 
+def add_evaluate_arguments(parser):
+    """Declare the ``evaluate`` options on ``parser`` (an ``argparse`` (sub)parser); returns it.
+
+    Example
+    -------
+    >>> parser = add_evaluate_arguments(argparse.ArgumentParser())
+    >>> args = parser.parse_args(["--task", "separation", "--mix", "m", "--sources", "a", "b", "--estimates", "c", "d"])
+    >>> args.task, args.sources
+    ('separation', ['a', 'b'])
+    """
+    from speechbrain_ext.evaluation import TASKS
+
+    parser.add_argument("--task", choices=TASKS, default="enhancement", help="what was produced (default: %(default)s)")
+    enhancement = parser.add_argument_group("enhancement (--task enhancement)")
+    enhancement.add_argument("--clean", metavar="DIR", help="folder of clean reference files (required)")
+    enhancement.add_argument("--enhanced", metavar="DIR", help="folder of enhanced files (required)")
+    enhancement.add_argument("--noisy", metavar="DIR", help="folder of the noisy inputs (adds the noisy row and SI-SNRi)")
+    enhancement.add_argument("--plot", metavar="PNG", help="spectrograms (noisy / enhanced / clean) of a few files")
+    enhancement.add_argument("--plot_files", type=int, default=3, metavar="N", help="files in the plot (default: %(default)s)")
+    enhancement.add_argument(
+        "--match", choices=("auto", "name", "fileid"), default="auto",
+        help="pair files by name or by DNS 'fileid_N' (default: %(default)s: name if possible, else fileid)",
+    )
+    separation = parser.add_argument_group(
+        "separation (--task separation; files are paired by name, e.g. the wsj0-2mix tt/mix, tt/s1, tt/s2)"
+    )
+    separation.add_argument("--mix", metavar="DIR", help="folder of the mixtures (required)")
+    separation.add_argument(
+        "--sources", nargs="+", metavar="DIR", help="folders of the reference sources, one per speaker (required)"
+    )
+    separation.add_argument(
+        "--estimates", nargs="+", metavar="DIR",
+        help="folders of the estimated sources, one per speaker, in any order (required)",
+    )
+    parser.add_argument(
+        "--csv", metavar="FILE",
+        help="per-file CSV to write (enhancement: the averages go to FILE_summary.csv; separation: "
+        "SpeechBrain's test_results.csv layout with an avg row)",
+    )
+    parser.add_argument(
+        "--resample", action="store_true",
+        help="resample files whose rate differs from the reference's instead of stopping with an error",
+    )
+    return parser
+
+
+# The options each task needs, and the ones only enhancement has.
+_EVALUATE_REQUIRED = {"enhancement": ("clean", "enhanced"), "separation": ("mix", "sources", "estimates")}
+_ENHANCEMENT_ONLY = ("clean", "enhanced", "noisy", "plot")
+
+
+def _evaluate_option_error(args):
+    """The message for options that do not fit ``--task``, or None."""
+    if args.task not in _EVALUATE_REQUIRED:
+        return f"--task {args.task} is not supported"
+    missing = [f"--{name}" for name in _EVALUATE_REQUIRED[args.task] if not getattr(args, name, None)]
+    if missing:
+        return f"--task {args.task} needs {', '.join(missing)}"
+    misplaced = [f"--{name}" for name in _ENHANCEMENT_ONLY if getattr(args, name, None)]
+    if args.task == "separation" and misplaced:
+        return f"{', '.join(misplaced)} are options of --task enhancement"
+    return None
+
+
+def run_evaluate(args):
+    """Run the ``evaluate`` command for parsed ``args`` (:func:`add_evaluate_arguments`): match
+    the folders, score (:func:`speechbrain_ext.evaluation.evaluate`), write the CSV (and plot),
+    print the table; returns the exit status (2: bad options, 1: bad input, one line on stderr).
+
+    Example
+    -------
+    >>> run_evaluate(add_evaluate_arguments(argparse.ArgumentParser()).parse_args(["--task", "separation"]))
+    2
+    """
+    import warnings
+
+    from speechbrain_ext import evaluation
+
+    message = _evaluate_option_error(args)
+    if message:
+        print(f"evaluate: error: {message}", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if args.task == "separation":
+                items = evaluation.match_separation_files(args.mix, args.sources, args.estimates)
+            else:
+                items = evaluation.match_files(args.clean, args.enhanced, args.noisy, match=args.match)
+            result = evaluation.evaluate(items, args.task, resample=args.resample)
+            written = evaluation.write_csv(result, args.csv, args.task) if args.csv else ()
+            if args.task == "enhancement" and args.plot:
+                evaluation.plot_spectrograms(items, args.plot, max_files=args.plot_files, resample=args.resample)
+    except evaluation.EvaluationError as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 1
+    for warning in {str(w.message) for w in caught}:
+        print(f"evaluate: warning: {warning}", file=sys.stderr)
+    print(f"{len(result.rows)} {evaluation.task_layout(args.task).unit}")
+    print(evaluation.format_summary(result.summary, args.task))
+    if len(written) == 1:
+        print(f"per-mixture metrics and averages: {written[0]}")
+    elif written:
+        print(f"per-file metrics: {written[0]}; averages: {written[1]}")
+    if args.task == "enhancement" and args.plot:
+        print(f"spectrograms: {args.plot}")
+    return 0
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -260,9 +370,13 @@ def build_parser():
     _add_model_arguments(convert, " or ".join(f"{m} ({t})" for t, m in DEFAULT_MODELS.items()))
     convert.set_defaults(run=_run_convert)
 
-    from speechbrain_ext.evaluation import add_evaluate_arguments, run_evaluate
-
-    evaluate = commands.add_parser("evaluate", help="score enhanced (PESQ, STOI, SI-SNR) or separated (SDR, SI-SNR, PIT) files against references")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score enhanced (PESQ, STOI, SI-SNR) or separated (SDR, SI-SNR, PIT) files against references",
+        description="Enhancement: PESQ-WB/NB, STOI and SI-SNR against clean references. Separation: SDR, SDRi, "
+        "SI-SNR and SI-SNRi (permutation invariant) against the reference sources. Also run by "
+        "`python -m speechbrain_ext.evaluation`.",
+    )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
     return parser

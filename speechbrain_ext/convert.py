@@ -560,6 +560,19 @@ def mossformer_from_official(checkpoint, **model_kwargs):
     return model.eval()
 
 
+def load_mossformer_official(model, checkpoint):
+    """Fill an existing MossFormer ``model`` (or anything holding its ``encoder``, ``masknet``
+    and ``decoder``) from official weights, converted for this model's configuration; returns it.
+
+    See :func:`mossformer_from_official` for the accepted checkpoints and the errors.
+    """
+    from speechbrain_ext.lobes.models.mossformer import MossFormer
+
+    parts = MossFormer.from_modules(model.encoder, model.masknet, model.decoder)
+    parts.load_state_dict(mossformer_from_official(checkpoint, **parts.config).state_dict())
+    return model
+
+
 def mossformer_to_official(model, directory=None):
     """Export a MossFormer as the official three state dicts (and optionally files).
 

@@ -28,7 +28,7 @@ EXAMPLE_SEED = 1000  # not a seed the demo models were trained or validated on
 def make_examples(folder=EXAMPLES_DIR):
     """Write the bundled examples: a noisy utterance (16 kHz) and a 2-voice mixture (8 kHz),
     each with its clean reference(s)."""
-    from speechbrain_ext.testing.audio import mix_at_snr, pink_noise, speech_like, two_speaker_mixture
+    from speechbrain_ext.synthetic import mix_at_snr, pink_noise, speech_like, two_speaker_mixture
 
     os.makedirs(folder, exist_ok=True)
     clean = speech_like(4.0, 16000, seed=EXAMPLE_SEED)
@@ -42,14 +42,9 @@ def make_examples(folder=EXAMPLES_DIR):
     return folder
 
 
-def _si_snr(estimate, target):
-    from speechbrain_ext.evaluation import si_snr
-
-    return si_snr(np.asarray(estimate, dtype=np.float64), np.asarray(target, dtype=np.float64))
-
-
 def _demo_enhancement(card_dir, output_dir):
     from speechbrain_ext.evaluation import EvaluationItem, plot_spectrograms
+    from speechbrain_ext.evaluation.metrics import si_snr
     from speechbrain_ext.inference import EnhanceFRCRN
 
     noisy_path = os.path.join(EXAMPLES_DIR, "noisy.wav")
@@ -57,7 +52,7 @@ def _demo_enhancement(card_dir, output_dir):
     enhanced_path = os.path.join(output_dir, "enhanced.wav")
     EnhanceFRCRN.from_hparams(source=card_dir).enhance_file(noisy_path, enhanced_path)
     clean, noisy, enhanced = (sf.read(p)[0] for p in (clean_path, noisy_path, enhanced_path))
-    before, after = _si_snr(noisy, clean), _si_snr(enhanced, clean)
+    before, after = si_snr(noisy, clean), si_snr(enhanced, clean)
     png = plot_spectrograms([EvaluationItem("example", clean_path, enhanced_path, noisy_path)],
                             os.path.join(output_dir, "spectrograms.png"))
     print(f"enhancement: {enhanced_path}: SI-SNR {before:.1f} dB -> {after:.1f} dB "
@@ -65,18 +60,18 @@ def _demo_enhancement(card_dir, output_dir):
 
 
 def _demo_separation(card_dir, output_dir):
+    from speechbrain_ext.evaluation.metrics import best_permutation, si_snr, si_snr_matrix
     from speechbrain_ext.inference import SeparateMossFormer
 
     mixture_path = os.path.join(EXAMPLES_DIR, "mixture.wav")
     written = SeparateMossFormer.from_hparams(source=card_dir).separate_file(mixture_path, savedir=output_dir)
     mixture = sf.read(mixture_path)[0]
-    sources = [sf.read(os.path.join(EXAMPLES_DIR, f"mixture_s{i}.wav"))[0] for i in (1, 2)]
-    estimates = [sf.read(p)[0] for p in written]
-    # Speaker order is arbitrary: score the better of the two assignments.
-    improvement = max(
-        np.mean([_si_snr(estimates[e], sources[s]) - _si_snr(mixture, sources[s]) for s, e in enumerate(order)])
-        for order in ((0, 1), (1, 0))
-    )
+    sources = np.stack([sf.read(os.path.join(EXAMPLES_DIR, f"mixture_s{i}.wav"))[0] for i in (1, 2)])
+    estimates = np.stack([sf.read(p)[0] for p in written])
+    # Speaker order is arbitrary: score the assignment of best total SI-SNR.
+    scores = si_snr_matrix(sources, estimates)
+    order = best_permutation(scores)
+    improvement = np.mean([scores[s, e] - si_snr(mixture, sources[s]) for s, e in enumerate(order)])
     print(f"separation: {', '.join(written)}: SI-SNR improvement {improvement:+.1f} dB")
 
 

@@ -15,7 +15,7 @@ from speechbrain.lobes.features import Fbank
 from speechbrain_ext.inference import EnhanceFRCRN
 from speechbrain_ext.inference.asr import EnhancedASR
 from speechbrain_ext.lobes.models.frcrn import FRCRN
-from speechbrain_ext.testing.audio import speech_like
+from speechbrain_ext.synthetic import speech_like
 
 
 class TinyCTCEncoder(torch.nn.Module):

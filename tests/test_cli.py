@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from speechbrain_ext.lobes.models.frcrn import FRCRN
-from speechbrain_ext.testing.audio import speech_like, two_speaker_mixture
+from speechbrain_ext.synthetic import speech_like, two_speaker_mixture
 
 from conftest import SMALL_FRCRN_CARD
 

@@ -12,7 +12,7 @@ from speechbrain_ext.demo import DEMO_CARDS, EXAMPLES_DIR
 from speechbrain_ext.evaluation import si_snr
 from speechbrain_ext.inference import EnhanceFRCRN
 from speechbrain_ext.inference.sources import CARDS_DIR
-from speechbrain_ext.testing.audio import (
+from speechbrain_ext.synthetic import (
     babble_noise, click_noise, hum_noise, mix_at_snr, pink_noise, speech_like, white_noise,
 )
 
@@ -51,7 +51,7 @@ def test_demo_command_runs_offline_and_writes_results(tmp_path):
 
 def test_demo_mossformer_separates_held_out_generated_voices_by_6_db():
     from speechbrain_ext.inference import SeparateMossFormer
-    from speechbrain_ext.testing.audio import two_speaker_mixture
+    from speechbrain_ext.synthetic import two_speaker_mixture
 
     separator = SeparateMossFormer.from_hparams(source=os.path.join(CARDS_DIR, DEMO_CARDS["separation"]))
     improvements = []

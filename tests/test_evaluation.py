@@ -12,16 +12,9 @@ import pytest
 import soundfile as sf
 
 from speechbrain_ext import evaluation
-from speechbrain_ext.evaluation import (
-    EvaluationError,
-    add_evaluate_arguments,
-    compute_metrics,
-    evaluate_folders,
-    match_files,
-    run_evaluate,
-    si_snr,
-)
-from speechbrain_ext.testing.audio import mix_at_snr, pink_noise, speech_like, white_noise
+from speechbrain_ext.cli import add_evaluate_arguments, run_evaluate
+from speechbrain_ext.evaluation import EvaluationError, compute_metrics, evaluate_folders, match_files, si_snr
+from speechbrain_ext.synthetic import mix_at_snr, pink_noise, speech_like, white_noise
 
 
 def noisy_pair(seconds=2.0, rate=16000, snr=5.0, seed=0):
@@ -185,7 +178,7 @@ def test_resample_option_accepts_other_rates(tmp_path):
     name = os.listdir(folders["enhanced"])[0]
     path = os.path.join(folders["enhanced"], name)
     enhanced, rate = sf.read(path)
-    sf.write(path, evaluation._resample(enhanced, rate, 48000), 48000, subtype="FLOAT")
+    sf.write(path, evaluation.resample(enhanced, rate, 48000), 48000, subtype="FLOAT")
     result = evaluate_folders(folders["clean"], folders["enhanced"], resample=True)
     assert result.rows[0]["sample_rate"] == 16000
     assert result.rows[0]["si_snr"] > 5

@@ -20,7 +20,7 @@ import torch
 from speechbrain_ext.errors import AudioOutputError, InvalidOptionError, SpeechBrainExtError
 from speechbrain_ext.inference import EnhanceFRCRN, SeparateMossFormer
 from speechbrain_ext.inference.audio import OUTPUT_TAG, is_own_output
-from speechbrain_ext.testing.audio import speech_like
+from speechbrain_ext.synthetic import speech_like
 
 CLI = os.path.join(os.path.dirname(sys.executable), "speechbrain-ext")
 MISSING_MODEL = "/nonexistent/model"  # loading it would fail: errors before it prove no model was loaded

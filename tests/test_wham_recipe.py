@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechbrain_ext.separation_recipe import MixLayoutError, SeparationMixer
+from speechbrain_ext.training.mixing import MixLayoutError, SpeakerMixer
 
 from test_wsj0mix_recipe import (
     PYTHON,
@@ -85,7 +85,7 @@ def test_wham_noise_on_the_fly_with_dynamic_mixing(wham_data, tmp_path):
     # Every mixture gets the noise of the same name, with the metadata's start and SNR.
     rows = read_csv(os.path.join(output, "save", "wham_tt.csv"))
     meta = metadata(wham_data["wham_noise"], "tt")
-    mixer = SeparationMixer(2, 8000)
+    mixer = SpeakerMixer(2, 8000)
     for row in rows:
         name = os.path.basename(row["mix_wav"])
         assert os.path.basename(row["noise_wav"]) == name and "/wham_noise/tt/" in row["noise_wav"]

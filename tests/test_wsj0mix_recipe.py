@@ -30,15 +30,10 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
 from speechbrain_ext.convert import mossformer_from_official
-from speechbrain_ext.evaluation import add_evaluate_arguments, run_evaluate
+from speechbrain_ext.cli import add_evaluate_arguments, run_evaluate
 from speechbrain_ext.lobes.models.mossformer import MossFormer
-from speechbrain_ext.separation_recipe import (
-    MixLayoutError,
-    SeparationBrain,
-    SeparationMixer,
-    SpeakerPool,
-    wsj0_utterances,
-)
+from speechbrain_ext.training.mixing import MixLayoutError, SpeakerMixer, SpeakerPool, wsj0_utterances
+from speechbrain_ext.training.separation import SeparationBrain
 
 from conftest import make_reference_mossformer
 
@@ -206,6 +201,23 @@ def check_exported_model(output_folder):
         assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved), name
 
 
+def test_a_separator_defined_only_in_a_yaml_trains_with_the_recipe(wsj0_2mix, tmp_path):
+    """The house: SpeechBrain's own SepFormer parts (tests/hparams/standin_separation.yaml)
+    train, validate and are scored by the WSJ0Mix recipe's train.py with no code of their own."""
+    output = tmp_path / "standin"
+    standin = os.path.join(ROOT, "tests", "hparams", "standin_separation.yaml")
+    run_recipe([PYTHON, "train.py", standin, "--data_folder", wsj0_2mix, "--output_folder", str(output),
+                "--segment_seconds", "0.5", "--num_workers", "0", "--noprogressbar", "--batch_size", "2",
+                "--number_of_epochs", "2", "--use_speedperturb", "False"])
+    epochs = history(output)
+    assert [entry["epoch"] for entry in epochs] == [1, 2]
+    for entry in epochs:
+        assert all(math.isfinite(v) for v in [entry["train"]["loss"], *entry["valid"].values()])
+        assert entry["valid"]["si-snr"] == pytest.approx(-entry["valid"]["loss"])
+    check_test_results(output, wsj0_2mix)
+    assert not os.path.exists(output / "model")  # no inference_interface named: nothing exported
+
+
 def test_three_speakers_dynamic_mixing_speed_perturbation_and_bf16(tmp_path):
     data = synthetic_wsj0mix.make_synthetic_wsj0mix(
         str(tmp_path / "3speakers"), num_spks=3, num_mixtures={"tr": 4, "cv": 1, "tt": 1},
@@ -331,7 +343,7 @@ def test_speakers_from_wsj0_names_and_dynamic_mixing(wsj0_2mix):
         speakers = [next(s for s in pool.speakers if p in pool.utterances[s]) for p in paths]
         assert speakers[0] != speakers[1]
 
-    mixer = SeparationMixer(2, 8000, segment_samples=4000, speaker_pool=pool, relative_gain_db=2.5)
+    mixer = SpeakerMixer(2, 8000, segment_samples=4000, speaker_pool=pool, relative_gain_db=2.5)
     for _ in range(5):
         mixture, sources = mixer.dynamic()
         assert sources.shape[0] == 2 and mixture.shape[-1] == sources.shape[-1] <= 4000
@@ -346,7 +358,7 @@ def test_speed_perturbation_changes_the_sources_and_remixes(wsj0_2mix):
 
     row = read_csv(prepare_data.prepare_wsjmix(wsj0_2mix, os.path.join(wsj0_2mix, "..", "save_sp"))["train"])[0]
     original = sf.read(row["s1_wav"], dtype="float32")[0]
-    mixer = SeparationMixer(2, 8000, speed_perturb=SpeedPerturb(8000, speeds=[90]))
+    mixer = SpeakerMixer(2, 8000, speed_perturb=SpeedPerturb(8000, speeds=[90]))
     mixture, sources = mixer.from_row(row, training=True)
     assert sources.shape[-1] == pytest.approx(len(original) / 0.9, abs=2)  # 10 % slower, all of it kept
     torch.testing.assert_close(mixture, sources.sum(0))

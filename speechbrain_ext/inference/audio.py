@@ -213,29 +213,60 @@ def read_audio(path, target_rate, channels="mix"):
     return torch.cat(blocks, dim=-1) if blocks else torch.zeros(reader.num_channels, 0)
 
 
-def level_scale(signal, target_db=REFERENCE_LEVEL_DB):
-    """Gain that brings ``signal`` to the official pipelines' input level.
+def whole_frames_length(num_samples, win_len, win_inc, rounding="up"):
+    """A length ``(N - 1) * win_inc + win_len`` (N >= 1 whole frames) near ``num_samples``.
 
-    The official pipelines scale the input so that the RMS of its louder part (the samples
-    whose power is above the mean power) is ``target_db`` dB re full scale. Returns 1 for silence.
-
-    Arguments
-    ---------
-    signal : torch.Tensor
-        Any shape; all samples count.
+    Frame-based models (FRCRN) return whole frames only: ``rounding="up"`` gives the padded
+    length that keeps every sample, ``"nearest"`` a training segment length.
 
     Example
     -------
-    >>> x = 0.5 * torch.ones(100)
-    >>> round(20 * math.log10(float(level_scale(x) * 0.5)), 3)
+    >>> whole_frames_length(16100, 640, 320), whole_frames_length(16100, 640, 320, rounding="nearest")
+    (16320, 16000)
+    """
+    if rounding not in ("up", "nearest"):
+        raise ValueError(f"rounding must be 'up' or 'nearest', got {rounding!r}")
+    steps = (num_samples - win_len) / win_inc
+    frames = max(1, (math.ceil(steps) if rounding == "up" else int(round(steps))) + 1)
+    return (frames - 1) * win_inc + win_len
+
+
+def level_scale(blocks, target_db=REFERENCE_LEVEL_DB):
+    """Per-channel gain that brings audio to the official pipelines' input level.
+
+    The official pipelines scale the input so that the RMS of its louder part (the samples
+    whose power is above the mean power) is ``target_db`` dB re full scale. Computed in two
+    passes over ``blocks``, so a whole file never needs to be in memory; 1 for silence.
+
+    Arguments
+    ---------
+    blocks : iterable of torch.Tensor
+        ``[C, n]`` blocks, iterable twice: an :class:`AudioReader`, or ``[signal]``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[C]`` float32 gains.
+
+    Example
+    -------
+    >>> x = 0.5 * torch.ones(1, 100)
+    >>> round(20 * math.log10(float(level_scale([x])[0] * 0.5)), 3)
     -25.0
     """
-    power = signal.double() ** 2
-    loud = power[power >= power.mean()]
-    rms = loud.mean().sqrt() if loud.numel() else power.new_zeros(())
-    if rms <= 0:
-        return torch.ones((), dtype=signal.dtype)
-    return (10 ** (target_db / 20) / rms).to(signal.dtype)
+    total, count = 0.0, 0
+    for block in blocks:
+        total = total + (block.double() ** 2).sum(dim=-1)
+        count += block.shape[-1]
+    mean_power = total / max(count, 1)
+    loud_sum, loud_count = 0.0, 0
+    for block in blocks:
+        power = block.double() ** 2
+        loud = power >= mean_power[:, None]
+        loud_sum = loud_sum + (power * loud).sum(dim=-1)
+        loud_count = loud_count + loud.sum(dim=-1)
+    rms = torch.as_tensor(loud_sum / torch.as_tensor(loud_count).clamp(min=1)).sqrt()
+    return torch.where(rms > 0, 10 ** (target_db / 20) / rms, torch.ones_like(rms)).float()
 
 
 #: Suffix of the temporary files the writers use; a rerun replaces them (see :func:`temporary_paths`).

@@ -10,10 +10,11 @@ so speaker 1 stays speaker 1 across the whole file.
 Authors: speechbrain-ext contributors
 """
 
-import itertools
 import math
 
 import torch
+
+from speechbrain_ext.evaluation.metrics import best_permutation
 
 
 def chunk_starts(total, chunk, overlap):
@@ -52,8 +53,12 @@ def chunk_lengths(chunk_seconds, overlap_seconds, default_overlap, sample_rate):
     return int(chunk_seconds * sample_rate), int(overlap_seconds * sample_rate)
 
 
-def best_permutation(reference, candidate):
-    """Order of ``candidate``'s sources that best matches ``reference`` (max total correlation).
+def source_permutation(reference, candidate):
+    """Order of ``candidate``'s sources that best matches ``reference``: the permutation of
+    maximum total correlation (:func:`speechbrain_ext.evaluation.metrics.best_permutation`).
+
+    The scores are correlation coefficients (in [-1, 1]) of the sources over the overlap of two
+    chunks: cheap, and blind to the gain each chunk gives a source.
 
     Arguments
     ---------
@@ -68,20 +73,14 @@ def best_permutation(reference, candidate):
     Example
     -------
     >>> a = torch.randn(1000, 2)
-    >>> best_permutation(a, a[:, [1, 0]])
+    >>> source_permutation(a, a[:, [1, 0]])
     [1, 0]
     """
-    num_sources = reference.shape[-1]
     ref = reference - reference.mean(0)
     cand = candidate - candidate.mean(0)
     norms = ref.norm(dim=0)[:, None] * cand.norm(dim=0)[None, :] + 1e-8
     similarity = (ref.T @ cand) / norms  # [S_ref, S_cand] correlation coefficients
-    return list(
-        max(
-            itertools.permutations(range(num_sources)),
-            key=lambda perm: sum(similarity[i, j].item() for i, j in enumerate(perm)),
-        )
-    )
+    return list(best_permutation(similarity))
 
 
 class OverlapStitcher:
@@ -136,7 +135,7 @@ class OverlapStitcher:
         old, new = self.pending[:, start - self.pending_start :], output[:, :overlap]
         if self.align_sources and overlap > 0:
             for channel in range(output.shape[0]):
-                perm = best_permutation(old[channel], new[channel])
+                perm = source_permutation(old[channel], new[channel])
                 output[channel] = output[channel][..., perm]
             new = output[:, :overlap]
         weights = self._fade(overlap, output)

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_ext.inference.audio import (
-    REFERENCE_LEVEL_DB,
     AtomicAudioWriter,
     AudioInputError,
     AudioReader,
     StreamResampler,
     level_scale,
+    whole_frames_length,
 )
 from speechbrain_ext.inference.chunking import chunk_lengths, chunked_inference
 from speechbrain_ext.inference.options import (
@@ -79,15 +79,14 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
                 f"input of {length} samples is shorter than one FRCRN frame ({model.win_len} samples, "
                 f"{1000 * model.win_len / self.sample_rate:.0f} ms at {self.sample_rate} Hz)"
             )
-        extra = (length - model.win_len) % model.win_inc
-        return length if extra == 0 else length + model.win_inc - extra
+        return whole_frames_length(length, model.win_len, model.win_inc)
 
     def _enhance_equal(self, noisy, scale=None):
         """Enhance items of equal length ``[B, T]``; ``scale`` per item (default: level-based)."""
         if not torch.isfinite(noisy).all():
             raise AudioInputError("input holds NaN or infinite samples")
         if scale is None:
-            scale = torch.stack([level_scale(item) for item in noisy]) if self.normalize else noisy.new_ones(len(noisy))
+            scale = level_scale([noisy]) if self.normalize else noisy.new_ones(len(noisy))
         scale = scale.to(noisy).view(-1, 1)
         length = noisy.shape[-1]
         padded = F.pad(noisy * scale, (0, self._model_length(length) - length))
@@ -123,22 +122,8 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
         return enhanced[0] if single else enhanced
 
     def _file_scale(self, reader):
-        """Per-channel level gain over a whole file, computed in two streaming passes."""
-        if not self.normalize:
-            return torch.ones(reader.num_channels)
-        total = torch.zeros(reader.num_channels, dtype=torch.float64)
-        for block in reader:
-            total += (block.double() ** 2).sum(dim=1)
-        mean_power = total / reader.num_samples
-        loud_sum = torch.zeros_like(total)
-        loud_count = torch.zeros_like(total)
-        for block in reader:
-            power = block.double() ** 2
-            loud = power >= mean_power[:, None]
-            loud_sum += (power * loud).sum(dim=1)
-            loud_count += loud.sum(dim=1)
-        rms = (loud_sum / loud_count.clamp(min=1)).sqrt()
-        return torch.where(rms > 0, 10 ** (REFERENCE_LEVEL_DB / 20) / rms, torch.ones_like(rms)).float()
+        """Per-channel level gain over a whole file (two streaming passes)."""
+        return level_scale(reader) if self.normalize else torch.ones(reader.num_channels)
 
     def enhance_file(self, filename, output_filename=None, chunk_seconds=10.0, overlap_seconds=None,
                      batch_size=1, channels="mix", output_rate=None, subtype="PCM_16"):

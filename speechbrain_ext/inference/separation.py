@@ -10,7 +10,6 @@ import os
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_ext.inference.audio import AtomicAudioWriter, AudioInputError, AudioReader, StreamResampler
@@ -23,6 +22,7 @@ from speechbrain_ext.inference.options import (
     check_output_rate,
 )
 from speechbrain_ext.inference.sources import OfficialSourceMixin
+from speechbrain_ext.lobes.models.masking import encode_mask_decode
 
 #: Peak level of each separated speaker in written files (the official pipeline's 0.5).
 OUTPUT_PEAK = 0.5
@@ -100,12 +100,7 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         if mix.shape[-1] < kernel:
             raise AudioInputError(f"input of {mix.shape[-1]} samples is shorter than one MossFormer frame ({kernel})")
         with torch.no_grad():
-            mix_w = self.mods.encoder(mix)
-            masks = self.mods.masknet(mix_w)
-            separated = mix_w.unsqueeze(0) * masks
-            num_spks = masks.shape[0]
-            sources = self.mods.decoder(separated.flatten(0, 1)).view(num_spks, mix.shape[0], -1).permute(1, 2, 0)
-        sources = F.pad(sources, (0, 0, 0, max(0, mix.shape[-1] - sources.shape[1])))[:, : mix.shape[-1]]
+            sources = encode_mask_decode(self.mods.encoder, self.mods.masknet, self.mods.decoder, mix)
         return sources[0] if single else sources
 
     def _separate_stream(self, reader, chunk_seconds, overlap_seconds, batch_size):

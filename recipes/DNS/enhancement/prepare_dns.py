@@ -15,7 +15,8 @@ into ``save_folder``:
 - ``noise_train.csv`` and, with reverberation, ``rir_train.csv``: what they are mixed with,
 - ``valid.csv``: a fixed, seeded validation set: each row is one mixture fully specified
   (clean segment, noise segment, SNR, level, impulse response) from held-out clean, noise and
-  RIR files, so validation numbers are comparable across runs,
+  RIR files, so validation numbers are comparable across runs (:func:`validation_mixture`
+  makes it),
 - ``test_<subset>.csv``: the synthetic test pairs (``noisy_wav, clean_wav``), when present.
 
 The options used are stored in ``dns_prepare.json``; a later call with the same options and the
@@ -215,6 +216,17 @@ def _rir_files(datasets):
     # The SLR28 folder mixes impulse responses with isotropic noise recordings: skip the latter.
     paths = glob.glob(os.path.join(datasets, "impulse_responses", "**", "*.wav"), recursive=True)
     return sorted(p for p in paths if "noise" not in os.path.basename(p).lower())
+
+
+def validation_mixture(row, segment_samples, sample_rate=16000, reverb_target="early"):
+    """The fixed ``(noisy, target)`` mixture a ``valid.csv`` row describes (see
+    :func:`speechbrain_ext.training.mixing.make_noisy`)."""
+    from speechbrain_ext.training.mixing import load_rir, make_noisy, read_segment
+
+    clean = read_segment(row["clean_wav"], int(row["clean_start"]), segment_samples)
+    noise = read_segment(row["noise_wav"], int(row["noise_start"]), segment_samples, loop=True)
+    rir = load_rir(row["rir_wav"], sample_rate) if row["rir_wav"] else None
+    return make_noisy(clean, noise, float(row["snr_db"]), float(row["level_db"]), rir, sample_rate, reverb_target)
 
 
 def manifest_paths(save_folder, test_subsets=TEST_SUBSETS):

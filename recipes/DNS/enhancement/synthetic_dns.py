@@ -11,7 +11,7 @@ benchmark use it where the real data (about 900 GB) is not at hand::
     datasets/test_set/synthetic/no_reverb/{clean,noisy}/   clean_fileid_N.wav <-> ..._fileid_N.wav
     datasets/test_set/synthetic/with_reverb/{clean,noisy}/ (reverberant clean as reference, as in DNS)
 
-Every signal comes from ``speechbrain_ext.testing.audio`` and a seed; the training material
+Every signal comes from ``speechbrain_ext.synthetic`` and a seed; the training material
 and the test set are drawn from independent seed streams, so the test set is held out.
 
 Usage: python synthetic_dns.py OUTPUT_FOLDER [--num_clean 8] [--clean_seconds 1.5] [...]
@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve
 
-from speechbrain_ext.testing.audio import (
+from speechbrain_ext.synthetic import (
     babble_noise,
     click_noise,
     hum_noise,

@@ -36,7 +36,7 @@ import os
 import numpy as np
 import soundfile as sf
 
-from speechbrain_ext.separation_recipe import MixLayoutError, SPLITS, manifest_paths, prepare_mixture_manifests
+from speechbrain_ext.training.manifests import SPLITS, MixLayoutError, manifest_paths, prepare_mixture_manifests
 
 __all__ = ["MixLayoutError", "prepare_wham"]
 

@@ -12,7 +12,7 @@ As the WHAM! scripts do for the real corpora, it adds noise to an existing wsj0-
   scaled to the metadata's SNR against speaker 1 (by power) and everything scaled down together
   when something would peak above 0.9.
 
-Noises are ``speechbrain_ext.testing.audio`` generators (pink, babble, white, hum), one per file.
+Noises are ``speechbrain_ext.synthetic`` generators (pink, babble, white, hum), one per file.
 
 Usage: python synthetic_wham.py WSJ0MIX_FOLDER WHAM_NOISE_OUTPUT [--wham WHAM_OUTPUT]
 
@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from speechbrain_ext.testing.audio import babble_noise, hum_noise, pink_noise, white_noise
+from speechbrain_ext.synthetic import babble_noise, hum_noise, pink_noise, white_noise
 
 NOISE_RATE = 16000
 NOISE_GENERATORS = (pink_noise, babble_noise, white_noise, hum_noise)

@@ -23,28 +23,26 @@ Authors
  * speechbrain-ext contributors
 """
 
+import functools
 import sys
 
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_ext.recipes_common import complete_run_options, reseed_per_process
-from speechbrain_ext.separation_recipe import MixLayoutError, separation_datasets, train_and_evaluate
+from speechbrain_ext.training import (
+    MixLayoutError,
+    SeparationBrain,
+    evaluate_separation,
+    prepare_experiment,
+    reseed_per_process,
+    separation_datasets,
+    train_and_evaluate,
+)
 
 from prepare_data import prepare_wham
 
 
 def main(argv):
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    run_opts = complete_run_options(run_opts)
-    with open(hparams_file, encoding="utf-8") as stream:
-        hparams = load_hyperpyyaml(stream, overrides)
-
-    sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
-    )
+    hparams, run_opts = prepare_experiment(argv)
     try:
         manifests = run_on_main(
             prepare_wham,
@@ -64,7 +62,8 @@ def main(argv):
         raise SystemExit(f"error: {error}") from None
     # SpeechBrain seeds every process alike; the on-the-fly mixing should differ between them.
     reseed_per_process(hparams["seed"])
-    train_and_evaluate(hparams, run_opts, train_data, valid_data, test_data)
+    train_and_evaluate(SeparationBrain, hparams, run_opts, train_data, valid_data,
+                       evaluate=functools.partial(evaluate_separation, test_data))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Authors
  * speechbrain-ext contributors
 """
 
-from speechbrain_ext.separation_recipe import MixLayoutError, manifest_paths, prepare_mixture_manifests
+from speechbrain_ext.training.manifests import MixLayoutError, manifest_paths, prepare_mixture_manifests
 
 __all__ = ["MixLayoutError", "prepare_wsjmix"]
 

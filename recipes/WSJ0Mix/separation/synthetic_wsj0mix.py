@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from speechbrain_ext.testing.audio import speech_like
+from speechbrain_ext.synthetic import speech_like
 
 RATE_FOLDERS = {8000: "wav8k", 16000: "wav16k"}
 PEAK = 0.9
@@ -107,7 +107,7 @@ def make_synthetic_wsj0mix(
     pitch_contrast : bool
         Mix voices of different pitch registers: the speakers, sorted by pitch, are cut into
         ``num_spks`` groups and every mixture takes one speaker of each (like
-        ``speechbrain_ext.testing.audio.two_speaker_mixture``'s low and high voice). By default
+        ``speechbrain_ext.synthetic.two_speaker_mixture``'s low and high voice). By default
         any ``num_spks`` different speakers are mixed.
     seed : int
         Seed of the training material; the test material uses an independent stream.

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from speechbrain_ext.evaluation import metrics
 from speechbrain_ext.nnet.complex import (
     ComplexBatchNorm2d,
     ComplexConv2d,
@@ -426,35 +427,6 @@ class FRCRN(nn.Module):
         return F.pad(enhanced, (0, noisy.shape[-1] - enhanced.shape[-1]))
 
 
-def si_snr(estimate, target, eps=1e-8):
-    """Scale-invariant SNR in dB per item, as the FRCRN training loss defines it.
-
-    Unlike the usual definition the signals are not made zero-mean first (the official loss
-    does not), which makes no difference for speech without a DC offset.
-
-    Arguments
-    ---------
-    estimate, target : torch.Tensor
-        ``[B, T]``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[B]``.
-
-    Example
-    -------
-    >>> x = torch.randn(2, 1000)
-    >>> bool((si_snr(3 * x, x) > 60).all())
-    True
-    """
-    target_energy = (target * target).sum(-1, keepdim=True)
-    projection = (estimate * target).sum(-1, keepdim=True) / (target_energy + eps) * target
-    residual = estimate - projection
-    ratio = (projection * projection).sum(-1) / ((residual * residual).sum(-1) + eps)
-    return 10 * torch.log10(ratio + eps)
-
-
 def ideal_complex_mask(stft, noisy, clean):
     """Complex ideal ratio mask ``S / Y`` (real, imag) with the official model's clamp.
 
@@ -486,7 +458,9 @@ def frcrn_loss(model, stages, noisy, clean):
     """The official FRCRN training loss (mode 'Mix'), on the final stage.
 
     ``loss = -SI-SNR(wav, clean) + d * MSE(mask_re, cIRM_re) + d * MSE(mask_im, cIRM_im)`` with
-    ``d = 2F`` (642), the feature size the official code multiplies by.
+    ``d = 2F`` (642), the feature size the official code multiplies by. The SI-SNR is
+    :func:`speechbrain_ext.evaluation.metrics.si_snr` without removing the signals' means, as
+    the official loss defines it (no difference for speech without a DC offset).
 
     Arguments
     ---------
@@ -522,10 +496,56 @@ def frcrn_loss(model, stages, noisy, clean):
     feature_dim = 2 * target.shape[2]
     amp_loss = F.mse_loss(final.mask[:, 0], target[:, 0]) * feature_dim
     phase_loss = F.mse_loss(final.mask[:, 1], target[:, 1]) * feature_dim
-    sisnr_loss = -si_snr(final.wav, clean).mean()
+    sisnr_loss = -metrics.si_snr(final.wav, clean, zero_mean=False).mean()  # the official loss does not remove the mean
     return {
         "loss": sisnr_loss + amp_loss + phase_loss,
         "sisnr_loss": sisnr_loss,
         "amp_loss": amp_loss,
         "phase_loss": phase_loss,
     }
+
+
+class FRCRNStages(nn.Module):
+    """Training view of an FRCRN: ``forward`` returns both stages (:meth:`FRCRN.forward_stages`).
+
+    The loss needs the final stage's mask, which ``FRCRN.forward`` does not return, and DDP
+    synchronises gradients only for what runs through the wrapped module's ``forward``. The
+    enhancement Brain trains this module (``enhancer`` in the DNS recipe's yaml) with
+    :class:`FRCRNLoss`; the weights are the wrapped model's.
+
+    Example
+    -------
+    >>> stages = FRCRNStages(FRCRN(channels=8, fsmn_hidden=8))(torch.randn(1, 16000))
+    >>> final_waveform(stages).shape
+    torch.Size([1, 16000])
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, noisy):
+        return self.model.forward_stages(noisy)
+
+
+def final_waveform(stages):
+    """The enhanced waveform ``[B, T]`` of :meth:`FRCRN.forward_stages`'s output (its last stage)."""
+    return stages[-1].wav
+
+
+class FRCRNLoss:
+    """:func:`frcrn_loss` as a training objective: ``loss(stages, noisy, clean)`` -> dict with ``loss``.
+
+    Example
+    -------
+    >>> model = FRCRN(channels=8, fsmn_hidden=8)
+    >>> noisy, clean = torch.randn(2, 16000), torch.randn(2, 16000)
+    >>> FRCRNLoss(model)(model.forward_stages(noisy), noisy, clean)["loss"].shape
+    torch.Size([])
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, stages, noisy, clean):
+        return frcrn_loss(self.model, stages, noisy, clean)

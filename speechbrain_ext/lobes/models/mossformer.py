@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from speechbrain.lobes.models.dual_path import Decoder, Encoder, select_norm
 
+from speechbrain_ext.lobes.models.masking import encode_mask_decode
+
 # Kernel of the depthwise convolutions inside every projection of a MossFormer block.
 CONV_KERNEL_SIZE = 17
 
@@ -746,11 +748,4 @@ class MossFormer(nn.Module):
 
     def forward(self, mix):
         """Separates the mixtures ``mix`` [B, T] into sources [B, T, num_spks]."""
-        mix_w = self.encoder(mix)  # [B, N, L]
-        masks = self.masknet(mix_w)  # [spks, B, N, L]
-        separated = mix_w.unsqueeze(0) * masks
-        # All speakers through the decoder in one call: [spks * B, N, L] -> [spks * B, T'].
-        sources = self.decoder(separated.flatten(0, 1)).view(self.num_spks, mix.shape[0], -1)
-        sources = sources.permute(1, 2, 0)  # [B, T', spks]
-        # The frames do not cover every sample: zero-pad (or crop) to the input length.
-        return F.pad(sources, (0, 0, 0, mix.shape[-1] - sources.shape[1]))
+        return encode_mask_decode(self.encoder, self.masknet, self.decoder, mix)

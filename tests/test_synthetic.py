@@ -1,4 +1,4 @@
-"""Tests of the synthetic test-audio toolkit (speechbrain_ext.testing.audio)."""
+"""Tests of the synthetic-signal generator (speechbrain_ext.synthetic)."""
 
 import doctest
 import time
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
-import speechbrain_ext.testing.audio as audio
-from speechbrain_ext.testing.audio import (
+import speechbrain_ext.synthetic as synthetic
+from speechbrain_ext.synthetic import (
     babble_noise,
     click_noise,
     hum_noise,
@@ -323,7 +323,7 @@ def test_two_speaker_relative_gain(gain_db):
 
 
 def test_doctests():
-    result = doctest.testmod(audio)
+    result = doctest.testmod(synthetic)
     assert result.attempted > 10
     assert result.failed == 0
 

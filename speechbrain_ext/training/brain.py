@@ -1,20 +1,18 @@
-"""Plumbing shared by the training recipes (``recipes/DNS``, ``recipes/WSJ0Mix``, ``recipes/WHAM``).
+"""The Brain every recipe of this repository trains with, and the run plumbing around it.
 
-Each recipe keeps its own ``train.py`` (data, loss, evaluation); what they all need around
-SpeechBrain 1.1 lives here, once:
-
-- :class:`RecipeBrain`: a :class:`speechbrain.Brain` whose checkpoints carry a completeness
-  marker, whose multi-process runs work on CPU (gloo), with a JSON-lines history of the
-  epochs and the validation of the initial (e.g. pretrained) model as epoch 0;
+- :class:`RecipeBrain`: a :class:`speechbrain.Brain` with what all tasks share: checkpoints that
+  carry a completeness marker, multi-process runs on CPU (gloo), batches skipped (on every
+  process together) when their loss is unusable, validation statistics gathered per batch, one
+  history line (JSON) per epoch, checkpoints kept by validation loss, learning-rate scheduling,
+  and the validation of the initial (e.g. pretrained) model logged as epoch 0. The task Brains
+  (:mod:`speechbrain_ext.training.enhancement`, :mod:`speechbrain_ext.training.separation`) add
+  only their forward, loss and statistics.
 - :func:`discard_incomplete_checkpoints`: deletes checkpoints an interrupted save left behind;
 - :func:`complete_run_options`: gloo on machines without CUDA, ``--optimizer_step_limit`` as an
   int;
 - :func:`within_time_budget`: stops before an epoch that would end past a time budget;
 - :func:`reseed_per_process`: different on-the-fly data in every DDP process;
-- :func:`read_rows`: the rows of a CSV manifest;
-- :func:`export_model`: the best model as a SpeechBrain-format folder (``<output_folder>/model``),
-  which ``from_hparams`` loads and ``speechbrain-ext convert`` turns into ModelScope or
-  ClearerVoice-Studio folders.
+- :func:`read_rows`: the rows of a CSV manifest.
 
 Authors
  * speechbrain-ext contributors
@@ -131,51 +129,43 @@ def reseed_per_process(seed):
         torch.manual_seed(seed + 1000 * rank)
 
 
-#: Where a recipe writes its best model, under its ``output_folder``.
-EXPORTED_MODEL = "model"
-
-
-def export_model(interface_class, modules, hparams, output_folder):
-    """Write the trained ``modules`` as ``<output_folder>/model``, a SpeechBrain-format folder
-    (a previous run's export is replaced). Copies are written, so the training modules stay
-    where they are (device, mode).
-
-    Returns
-    -------
-    str
-        The folder written.
-    """
-    import copy
-
-    from speechbrain_ext.model_folders import write_model_folder
-
-    copies = {name: copy.deepcopy(module).cpu().eval() for name, module in modules.items()}
-    interface = interface_class(modules=copies, hparams=hparams)
-    folder = os.path.join(output_folder, EXPORTED_MODEL)
-    write_model_folder(interface, folder, "speechbrain", source=f"the recipe run in {output_folder}",
-                       replace_own=True)
-    logger.info("Best model written to %s (load it with from_hparams(source=...); "
-                "`speechbrain-ext convert --to modelscope|clearervoice` converts it)", folder)
-    return folder
-
-
 def read_rows(csv_path):
     """Rows of a manifest as dicts."""
     with open(csv_path, newline="", encoding="utf-8") as stream:
         return list(csv.DictReader(stream))
 
 
+def _mean(values):
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
 class RecipeBrain(sb.Brain):
-    """A :class:`speechbrain.Brain` with what every recipe of this repository adds.
+    """A :class:`speechbrain.Brain` with what every task of this repository shares.
+
+    A task Brain implements ``compute_forward`` and ``compute_objectives`` (returning the loss
+    of every item, ``[B]``, or of the batch) and, in ``compute_objectives`` outside training,
+    hands per-item quality scores to :meth:`record_scores`. The rest is here:
 
     - Every checkpoint gets a completeness marker, written last (:class:`CompletenessMarker`).
     - Multi-process runs on CPU (gloo) wrap the modules in DDP without SpeechBrain's
       SyncBatchNorm conversion, which only runs on accelerators: batch norms keep
       per-process statistics there.
-    - :meth:`record_history` appends one JSON line per epoch to ``hparams.history_file``.
+    - :meth:`fit_batch` skips a batch (no update, counted as ``skipped_batches``) when
+      :meth:`training_loss` finds its loss unusable: not finite, at or above
+      ``loss_upper_lim``, or, with ``threshold_byloss``, every item already below
+      ``threshold`` (SpeechBrain's separation recipes); in multi-process runs every process skips
+      together.
+    - Statistics per stage: the loss, and the mean score of the estimates and its improvement
+      over the inputs (named by ``SCORE_NAMES``); one JSON line per epoch in
+      ``hparams.history_file``; the ``lr_scheduler`` (optional) follows the validation loss;
+      the checkpoint with the lowest validation loss is kept.
     - :meth:`validate_initial_model` validates the model before any update and hands the
       result to ``on_stage_end(Stage.VALID, loss, epoch=0)``.
     """
+
+    #: Names of the validation statistics: the estimates' mean score, and its improvement
+    #: over the inputs' (the task Brains set them).
+    SCORE_NAMES = ("score", "score_improvement")
 
     def init_optimizers(self):
         super().init_optimizers()
@@ -190,6 +180,84 @@ class RecipeBrain(sb.Brain):
             if any(p.requires_grad for p in module.parameters()):
                 self.modules[name] = DistributedDataParallel(module, find_unused_parameters=self.find_unused_parameters)
 
+    # ---- losses and steps ----------------------------------------------------------------
+
+    def training_loss(self, losses):
+        """The loss to minimise, or None when the batch is to be skipped (see the class)."""
+        if not bool(torch.isfinite(losses).all()):
+            return None
+        if getattr(self.hparams, "threshold_byloss", False) and losses.dim() > 0:
+            losses = losses[losses > self.hparams.threshold]
+            if losses.numel() == 0:
+                return None
+        loss = losses.mean()
+        if loss >= getattr(self.hparams, "loss_upper_lim", float("inf")):
+            return None
+        return loss
+
+    def _skip_everywhere(self, skip):
+        """True on every process when any process must skip its batch (DDP needs all of them to
+        run the backward pass, or none)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor(float(skip), device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            return bool(flag.item())
+        return skip
+
+    def fit_batch(self, batch):
+        """One training step, or none when the batch's loss is unusable (see the class)."""
+        should_step = (self.step % self.grad_accumulation_factor) == 0
+        self.on_fit_batch_start(batch, should_step)
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                predictions = self.compute_forward(batch, sb.Stage.TRAIN)
+                losses = self.compute_objectives(predictions, batch, sb.Stage.TRAIN)
+            loss = self.training_loss(losses)
+            if self._skip_everywhere(loss is None):
+                self.nonfinite_count += 1
+                logger.warning(
+                    "Skipping a batch: its loss is not finite, above loss_upper_lim or below the threshold "
+                    "for every item (%d skipped this epoch)", self.nonfinite_count,
+                )
+                self.optimizer.zero_grad(set_to_none=True)
+                return torch.tensor(float("nan"))
+            self.scaler.scale(loss / self.grad_accumulation_factor).backward()
+        if should_step:
+            self.optimizers_step()
+        self.on_fit_batch_end(batch, predictions, loss, should_step)
+        return loss.detach().cpu()
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch, stage):
+        with self.evaluation_ctx:
+            predictions = self.compute_forward(batch, stage)
+        return self.compute_objectives(predictions, batch, stage).mean().detach().cpu()
+
+    # ---- statistics ------------------------------------------------------------------------
+
+    def record_scores(self, estimates, inputs):
+        """Per-item scores of the estimates and of the unprocessed inputs (validation, test)."""
+        self.scores.extend(torch.as_tensor(estimates).flatten().tolist())
+        self.input_scores.extend(torch.as_tensor(inputs).flatten().tolist())
+
+    def on_stage_start(self, stage, epoch=None):
+        self.scores, self.input_scores = [], []
+        if stage == sb.Stage.TRAIN:
+            # Non-zero when an intra-epoch checkpoint was recovered: the epoch continues there.
+            self.resumed_at_step = self.step
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        stats = {"loss": stage_loss}
+        if self.scores:
+            score, improvement = self.SCORE_NAMES
+            stats[score] = _mean(self.scores)
+            stats[improvement] = stats[score] - _mean(self.input_scores)
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {**stats, "skipped_batches": self.nonfinite_count}
+            self.train_steps = self.step
+        elif stage == sb.Stage.VALID:
+            self.end_validation(epoch, stage_loss, stats)
+
     @main_process_only
     def record_history(self, entry):
         """Append one JSON line to ``history_file`` (full precision, for plots and tests)."""
@@ -197,9 +265,9 @@ class RecipeBrain(sb.Brain):
             stream.write(json.dumps(entry) + "\n")
 
     def end_validation(self, epoch, stage_loss, stats):
-        """What every recipe does after a validation pass: log epoch 0 (the model before any
-        update) as such; otherwise step the (optional) ``lr_scheduler``, log train/valid stats,
-        append the history line and keep the checkpoint with the lowest loss."""
+        """After a validation pass: log epoch 0 (the model before any update) as such; otherwise
+        step the (optional) ``lr_scheduler``, log train/valid stats, append the history line and
+        keep the checkpoint with the lowest loss."""
         if epoch == 0:  # the initial (pretrained) model, before any update
             self.hparams.train_logger.log_stats(stats_meta={"epoch": 0, "model": "initial"}, valid_stats=stats)
             self.record_history({"epoch": 0, "valid": stats})

@@ -1,4 +1,7 @@
-"""Deterministic synthetic audio for tests, recipes and demos.
+"""Deterministic synthetic signals: speech-like voices, noises and mixtures.
+
+The offline demo makes its examples with these generators at run time, the recipes' synthetic
+datasets and the benchmarks build on them, and the tests use them as known inputs.
 
 Nothing here downloads or reads audio: every signal is synthesised from a seed,
 so the same call always returns the same samples. All functions return 1-D
