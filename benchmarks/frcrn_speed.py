@@ -41,7 +41,7 @@ def _worker(implementation, seconds, threads, repeats, weights, output):
     else:
         from speechbrain_ext.convert import frcrn_from_official
 
-        model = frcrn_from_official(state)
+        model = frcrn_from_official(state).fuse_for_inference()  # what EnhanceFRCRN runs
         enhance = model.forward
     model.eval()
     noisy = 0.1 * torch.randn(1, int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(0))

@@ -55,7 +55,7 @@ def load_model(implementation, directory):
     if implementation == "ours":
         from speechbrain_ext.convert import mossformer_from_official
 
-        return mossformer_from_official(directory, **OFFICIAL)
+        return mossformer_from_official(directory, **OFFICIAL).fuse_for_inference()  # as SeparateMossFormer
     from modelscope.models.audio.separation.mossformer import MossFormer as ReferenceMossFormer
 
     model = ReferenceMossFormer(directory, **OFFICIAL)

@@ -6,8 +6,9 @@ from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_ext.convert import CheckpointMismatchError, frcrn_from_official, frcrn_to_official
 from speechbrain_ext.lobes.models.frcrn import FRCRN, ComplexConvBlock, frcrn_loss
-from speechbrain_ext.nnet.complex import ComplexConv2d, ComplexConvTranspose2d
+from speechbrain_ext.nnet.complex import ComplexBatchNorm2d, ComplexConv2d, ComplexConvTranspose2d
 from speechbrain_ext.nnet.fsmn import ComplexFSMN
+from speechbrain_ext.nnet.fused import FusedComplexConvBlock
 from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
 
 from conftest import OFFICIAL_FRCRN_KWARGS, make_reference_frcrn
@@ -26,6 +27,12 @@ def official_file(reference_frcrn, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ours(official_file):
     return frcrn_from_official(official_file)
+
+
+@pytest.fixture(scope="module")
+def ours_fused(official_file):
+    """The same weights with the fused inference kernels (what EnhanceFRCRN runs)."""
+    return frcrn_from_official(official_file).fuse_for_inference()
 
 
 def noisy_batch(batch, length, seed):
@@ -53,6 +60,19 @@ def test_parity_with_reference(reference_frcrn, ours, length):
     assert enhanced.shape == noisy.shape
     assert torch.equal(enhanced[:, :ref_len], final.wav)
     assert not enhanced[:, ref_len:].any()
+
+
+@pytest.mark.parametrize("length", [1000, 37123])
+def test_fused_model_has_parity_with_reference(reference_frcrn, ours_fused, length):
+    noisy = noisy_batch(2, length, seed=length + 1)
+    with torch.inference_mode():
+        ref = reference_frcrn(noisy)
+        first, final = ours_fused.forward_stages(noisy)
+    assert (final.wav - ref[4]).abs().max() <= TOLERANCE
+    assert (final.mask.flatten(1, 2) - ref[5]).abs().max() <= TOLERANCE
+    assert sorted(ours_fused.state_dict()) == sorted(FRCRN().state_dict())  # the same checkpoint keys
+    with pytest.raises(RuntimeError, match="for inference only"):
+        ours_fused.train()
 
 
 def test_batch_items_are_independent(ours):
@@ -192,32 +212,49 @@ def test_complex_convolutions_are_complex_products():
     assert torch.allclose(as_complex(tconv(y)), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "layer, in_channels",
-    [
-        (ComplexFSMN(32, 16, memory_order=5, axis="freq"), 32),  # in pieces of frames
-        (ComplexConvTranspose2d(32, 16, (5, 2), stride=(2, 1), padding=(0, 1)), 32),  # in pieces
-        (ComplexConvTranspose2d(32, 1, (5, 2), stride=(2, 1), padding=(0, 1)), 32),  # matmul + fold
-        (ComplexConv2d(1, 16, (5, 2), stride=(2, 1), padding=(0, 1)), 1),  # unfold + matmul
-        (ComplexConvBlock(32, 16, (5, 2), (2, 1), (0, 1), transposed=True), 32),  # folded batch norm
-    ],
-    ids=["fsmn", "tconv", "tconv-few-outputs", "conv-few-inputs", "block"],
-)
-def test_inference_paths_equal_autograd_paths(layer, in_channels):
-    """Outside autograd, layers run pieces, folded norms and matrix products: the same function."""
+def test_fsmn_pieces_equal_the_whole_map():
+    """Outside autograd, a long map goes through the frequency FSMN in pieces: the same function."""
     torch.manual_seed(0)
-    for name, buffer in layer.named_buffers():  # non-trivial batch norm statistics
-        if "running" in name:
-            buffer.uniform_(0.5, 1.5)
-    layer.eval()
+    layer = ComplexFSMN(32, 16, memory_order=5, axis="freq").eval()
     # Long enough to be split into pieces (see speechbrain_ext.nnet.complex.PIECE_ELEMENTS).
-    x = torch.randn(2, 2 * in_channels, 37, 1500).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 64, 37, 1500).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         fast = layer(x)
-    slow = layer(x.requires_grad_())  # autograd: whole maps, separate norm, concatenations
-    assert slow.requires_grad
-    assert fast.shape == slow.shape
+    slow = layer(x.requires_grad_())
+    assert slow.requires_grad and fast.shape == slow.shape
     assert (fast - slow).abs().max() <= 1e-4 * slow.abs().max()
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        ComplexConv2d(1, 16, (5, 2), stride=(2, 1), padding=(0, 1)),  # unfold + matmul
+        ComplexConv2d(16, 16, (5, 2), stride=(2, 1), padding=(0, 1)),  # Gauss product, folded norm
+        ComplexConv2d(16, 16, (5, 2), stride=(2, 1), causal=True),
+        ComplexConv2d(16, 16, (5, 2), stride=(2, 1), padding=(2, 1), padding_mode="reflect"),
+        ComplexConvTranspose2d(32, 16, (5, 2), stride=(2, 1), padding=(0, 1)),  # in pieces
+        ComplexConvTranspose2d(32, 1, (5, 2), stride=(2, 1), padding=(0, 1)),  # matmul + fold
+        ComplexConvTranspose2d(16, 16, (5, 2), stride=(2, 1), causal=True),
+    ],
+    ids=["conv-few-inputs", "conv", "conv-causal", "conv-reflect", "tconv", "tconv-few-outputs", "tconv-causal"],
+)
+def test_fused_blocks_equal_the_plain_blocks(conv):
+    """conv -> batch norm -> leaky ReLU, and its fused inference kernel: the same function."""
+    torch.manual_seed(0)
+    in_channels = conv.weight_real.shape[0 if isinstance(conv, ComplexConvTranspose2d) else 1]
+    out_channels = conv.weight_real.shape[1 if isinstance(conv, ComplexConvTranspose2d) else 0]
+    norm = ComplexBatchNorm2d(out_channels)
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 1.5)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.eval()
+    # Long enough to be split into pieces (see speechbrain_ext.nnet.complex.PIECE_ELEMENTS).
+    x = torch.randn(2, 2 * in_channels, 37, 1500).contiguous(memory_format=torch.channels_last)
+    plain = torch.nn.functional.leaky_relu(norm(conv(x)), 0.01)
+    with torch.inference_mode():
+        fused = FusedComplexConvBlock(conv, norm)(x)
+    assert fused.shape == plain.shape
+    assert (fused - plain).abs().max() <= 1e-4 * plain.abs().max()
 
 
 def test_loss_matches_reference(reference_frcrn, ours):

@@ -5,6 +5,7 @@ perturbed, so identity-initialised norms and gains are exercised), saved in the 
 three-file layout, and our model is loaded from those files through the converter.
 """
 
+import copy
 import doctest
 import json
 import os
@@ -144,13 +145,15 @@ def test_parity_official_size(tmp_path):
         assert_parity(ours(mix), theirs(mix))
 
 
-def test_grad_mode_matches_inference_mode(small_pair):
-    """The in-place inference path and the autograd path compute the same thing."""
+def test_fused_for_inference_matches_the_plain_model(small_pair):
+    """The in-place gating of fuse_for_inference and the plain (autograd) path compute the same."""
     _, ours, _ = small_pair
     mix = mixtures(1, ODD_LENGTHS[0])
+    fused = copy.deepcopy(ours).fuse_for_inference()
     with torch.inference_mode():
-        fast = ours(mix)
+        fast = fused(mix)
     assert torch.allclose(ours(mix), fast, atol=1e-6)
+    assert not any(block.inplace_gating for block in fused.train().masknet.blocks)  # train() undoes it
 
 
 def test_gradients_match_reference(tmp_path):

@@ -64,6 +64,11 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
 
     MODULES_NEEDED = ["encoder", "masknet", "decoder"]
     HPARAMS_NEEDED = ["sample_rate", "num_spks"]
+
+    def __init__(self, *args, freeze_params=True, **kwargs):
+        super().__init__(*args, freeze_params=freeze_params, **kwargs)
+        if freeze_params and hasattr(self.mods.masknet, "fuse_for_inference"):  # inference only
+            self.mods.masknet.fuse_for_inference()
     CARD = "mossformer-8k"
 
     @classmethod

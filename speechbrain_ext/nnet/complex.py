@@ -325,37 +325,16 @@ class _ComplexConvBase(nn.Module):
         if not self.causal and (self.kernel_size[1] > 1 or self.padding[1]):
             raise RuntimeError("only a causal convolution (or one with a 1-frame kernel) can run step by step")
 
-    def _complex_product(self, x, conv, out_scale=None, out_shift=None):
-        """Apply ``conv(input, weight, bias, groups=...)`` as a complex convolution to ``x``.
-
-        ``out_scale`` and ``out_shift`` (``[2 * out]``, optional) fold a per-channel affine map
-        of the output into the convolutions, such as an eval-mode batch norm.
-        """
+    def _complex_product(self, x, conv):
+        """Apply ``conv(input, weight, bias, groups=...)`` as a complex convolution to ``x``."""
         x_re, x_im = split_complex(x)
         w_re, w_im = self.weight_real, self.weight_imag
         # Input-channel groups are dim 0 of both conv ([out, in]) and tconv ([in, out]) kernels
         # as far as a 2-group convolution is concerned: k2 reads x_re, k3 reads x_im.
         k1 = conv(x_re + x_im, w_re, self.bias_real, groups=1)
-        w2, w3 = w_im - w_re, w_re + w_im
-        if out_scale is None:
-            shared_bias = None if self.bias_imag is None else self.bias_imag.repeat(2)
-            k2, k3 = split_complex(conv(x, torch.cat([w2, w3]), shared_bias, groups=2))
-            return join_halves([(1, k1), (-1, k3)], [(1, k1), (1, k2)])
-        # real = s_re (k1 - k3) + t_re and imag = s_im (k1 + k2) + t_im: the scales and shifts
-        # (and the minus sign) go into k2 and k3, leaving one multiply-add per half for k1.
-        scale_re, scale_im = out_scale.chunk(2)
-        shift_re, shift_im = out_shift.chunk(2)
-        per_out = [1] * w_re.dim()
-        per_out[self.out_axis] = -1
-        bias_im = 0 if self.bias_imag is None else self.bias_imag
-        weight = torch.cat([w2 * scale_im.view(per_out), w3 * -scale_re.view(per_out)])
-        bias = torch.cat([bias_im * scale_im + shift_im, shift_re - bias_im * scale_re])
-        k2, k3 = split_complex(conv(x, weight, bias, groups=2))
-        halves = [
-            functools.partial(torch.addcmul, k, k1, scale.view(1, -1, 1, 1))
-            for k, scale in ((k3, scale_re), (k2, scale_im))
-        ]
-        return _write_halves(halves, [k1, k2, k3])
+        shared_bias = None if self.bias_imag is None else self.bias_imag.repeat(2)
+        k2, k3 = split_complex(conv(x, torch.cat([w_im - w_re, w_re + w_im]), shared_bias, groups=2))
+        return torch.cat([k1 - k3, k1 + k2], dim=1)
 
 
 class ComplexConv2d(_ComplexConvBase):
@@ -416,56 +395,20 @@ class ComplexConv2d(_ComplexConvBase):
         self.context_frames = causal_context(self.kernel_size, self.stride, self.padding, causal, padding_mode)
         super().__init__((out_channels, in_channels, *self.kernel_size), out_channels, bias)
 
-    def forward(self, x, out_scale=None, out_shift=None):
-        """Convolve ``x`` [B, 2*in, F, T] into [B, 2*out, F', T'] (``T' = T`` if causal).
-
-        ``out_scale`` and ``out_shift`` (``[2 * out]``, optional) fold ``y * out_scale +
-        out_shift`` per output channel into the convolution (an eval-mode batch norm).
-        """
-        in_channels, kernel_f, kernel_t = self.weight_real.shape[1:]
-        if 2 * in_channels * kernel_f * kernel_t <= 2 * self.weight_real.shape[0]:
-            return self._unfold_forward(x, out_scale, out_shift)
-        if self.causal:
-            # Zero-pad both ends of time and drop the outputs that read the right padding: the
-            # same as padding the left end only, without copying the input (and, for the same
-            # weights, the official convolution without its extra last frame).
-            padding = (self.padding[0], self.context_frames)
-
-            def causal_conv(inputs, weight, bias, groups):
-                return F.conv2d(inputs, weight, bias, self.stride, padding, groups=groups)
-
-            return self._complex_product(x, causal_conv, out_scale, out_shift)[..., : x.shape[-1]]
-        padding = self.padding
-        if self.padding_mode != "zeros" and any(padding):
-            pad_f, pad_t = padding
-            x = F.pad(x, (pad_t, pad_t, pad_f, pad_f), mode=self.padding_mode)
-            padding = (0, 0)
+    def forward(self, x):
+        """Convolve ``x`` [B, 2*in, F, T] into [B, 2*out, F', T'] (``T' = T`` if causal)."""
+        pad_f, pad_t = self.padding
+        if self.causal:  # the missing past is zeros: pad the left end of time only
+            x, padding = F.pad(x, (self.context_frames, 0)), (pad_f, 0)
+        elif self.padding_mode != "zeros" and any(self.padding):
+            x, padding = F.pad(x, (pad_t, pad_t, pad_f, pad_f), mode=self.padding_mode), (0, 0)
+        else:
+            padding = self.padding
 
         def conv(inputs, weight, bias, groups):
             return F.conv2d(inputs, weight, bias, self.stride, padding, groups=groups)
 
-        return self._complex_product(x, conv, out_scale, out_shift)
-
-    def _unfold_forward(self, x, out_scale=None, out_shift=None):
-        """The convolution as one matrix product of the input's patches with the block kernel.
-
-        For few input channels (FRCRN's first layer reads one complex channel) the patches are
-        no larger than the output, and one dense product beats three thin convolutions.
-        """
-        pad_f, pad_t = self.padding
-        time_pad = (self.context_frames, 0) if self.causal else (pad_t, pad_t)
-        if any(time_pad) or pad_f:
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, (*time_pad, pad_f, pad_f), mode=mode)
-        weight, bias = self._block_kernel(out_scale, out_shift)
-        batch, out_bins = x.shape[0], (x.shape[2] - self.kernel_size[0]) // self.stride[0] + 1
-        out_frames = (x.shape[3] - self.kernel_size[1]) // self.stride[1] + 1
-        patches = F.unfold(x, self.kernel_size, stride=self.stride)  # [B, 2*in * kf * kt, F' * T']
-        rows = patches.transpose(1, 2) @ weight.flatten(1).t()  # [B, F' * T', 2*out]
-        if bias is not None:
-            rows = rows + bias
-        # The rows are a channels-last map.
-        return rows.view(batch, out_bins, out_frames, -1).permute(0, 3, 1, 2)
+        return self._complex_product(x, conv)
 
     def fused_weights(self, out_scale=None, out_shift=None):
         """The :class:`RealKernel` that :meth:`step` convolves with (a function of the parameters).
@@ -559,55 +502,16 @@ class ComplexConvTranspose2d(_ComplexConvBase):
         self.context_frames = causal_context(self.kernel_size, self.stride, self.padding, causal)
         super().__init__((in_channels, out_channels, *self.kernel_size), out_channels, bias)
 
-    def forward(self, x, out_scale=None, out_shift=None):
-        """Upsample ``x`` [B, 2*in, F, T] into [B, 2*out, F', T'] (``T' = T`` if causal).
-
-        ``out_scale`` and ``out_shift`` fold a per-channel affine map of the output into the
-        transposed convolution, as in :meth:`ComplexConv2d.forward`.
-        """
-        in_channels, out_channels, kernel_f, kernel_t = self.weight_real.shape
-        if out_channels * kernel_f * kernel_t <= in_channels:
-            return self._fold_forward(x, out_scale, out_shift)
+    def forward(self, x):
+        """Upsample ``x`` [B, 2*in, F, T] into [B, 2*out, F', T'] (``T' = T`` if causal)."""
 
         def tconv(inputs, weight, bias, groups):
             return F.conv_transpose2d(inputs, weight, bias, self.stride, self.padding, groups=groups)
 
-        if self.causal:
-            # Unpadded in time, output frame t receives x[t - k] through tap k; the last
-            # kernel_t - 1 frames only exist because of the kernel's overhang past the end.
-            return self._complex_product(x, tconv, out_scale, out_shift)[..., : x.shape[-1]]
-        if self.stride[1] == 1 and self.padding[1] == kernel_t - 1:
-            # Output frame t reads input frames t ... t + kernel_t - 1 (the reference's
-            # look-ahead), so a long input can run in pieces (FRCRN's decoders: ~25 % faster).
-            return in_time_pieces(
-                lambda piece: self._complex_product(piece, tconv, out_scale, out_shift), x, overlap=kernel_t - 1
-            )
-        return self._complex_product(x, tconv, out_scale, out_shift)
-
-    def _fold_forward(self, x, out_scale=None, out_shift=None):
-        """The transposed convolution as a matrix product followed by an overlap-add.
-
-        For few output channels (FRCRN's last decoder emits one complex channel) each input
-        position's contribution to its output patch is a short row, and one dense product plus
-        ``F.fold`` beats three thin transposed convolutions severalfold.
-        """
-        weight, bias = self._block_kernel(out_scale, out_shift)  # [2*in, 2*out, kf, kt]
-        batch, channels, bins, frames = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(batch, bins * frames, channels)  # a view if channels-last
-        contributions = rows @ weight.flatten(1)  # [B, F * T, 2*out * kf * kt]
-        (kernel_f, kernel_t), (stride_f, stride_t) = self.kernel_size, self.stride
-        time_padding = 0 if self.causal else self.padding[1]
-        size = (
-            (bins - 1) * stride_f + kernel_f - 2 * self.padding[0],
-            (frames - 1) * stride_t + kernel_t - 2 * time_padding,
-        )
-        out = F.fold(
-            contributions.transpose(1, 2), size, self.kernel_size, stride=self.stride,
-            padding=(self.padding[0], time_padding),
-        )
-        if self.causal:  # drop the frames that only exist because of the kernel's overhang
-            out = out[..., :frames]
-        return out if bias is None else out + bias[:, None, None]
+        y = self._complex_product(x, tconv)
+        # Causal: unpadded in time, output frame t receives x[t - k] through tap k; the last
+        # kernel_t - 1 frames only exist because of the kernel's overhang past the end.
+        return y[..., : x.shape[-1]] if self.causal else y
 
     def fused_weights(self, out_scale=None, out_shift=None):
         """The kernel :meth:`step` runs: a :class:`RealKernel` for an ordinary convolution.

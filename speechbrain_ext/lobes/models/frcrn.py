@@ -39,6 +39,7 @@ from speechbrain_ext.nnet.complex import (
     complex_multiply,
 )
 from speechbrain_ext.nnet.fsmn import ComplexFSMN
+from speechbrain_ext.nnet.fused import FusedComplexConvBlock
 from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT, canonical_window_name
 
 # Frequency kernel sizes of the depth-14 UNet (time kernels are all 2, frequency strides 2).
@@ -59,6 +60,10 @@ class FRCRNStage(NamedTuple):
     spec: torch.Tensor
     wav: torch.Tensor
     mask: torch.Tensor
+
+
+# Of the leaky ReLU after every (transposed) convolution block.
+NEGATIVE_SLOPE = 0.01
 
 
 class ComplexConvBlock(nn.Module):
@@ -112,11 +117,12 @@ class ComplexConvBlock(nn.Module):
 
     def forward(self, x):
         """``x`` [B, 2*in, F, T] -> [B, 2*out, F', T']."""
-        if self.training:
-            y = self.norm(self.conv(x))
-        else:  # the batch norm is a fixed affine map: fold it into the convolution
-            y = self.conv(x, *self._norm_affine())
-        return F.leaky_relu(y, negative_slope=0.01, inplace=True)
+        return F.leaky_relu(self.norm(self.conv(x)), negative_slope=NEGATIVE_SLOPE)
+
+    def fused(self):
+        """This block for inference: :class:`~speechbrain_ext.nnet.fused.FusedComplexConvBlock`
+        (batch norm folded into the convolution, same parameters)."""
+        return FusedComplexConvBlock(self.conv, self.norm.eval(), NEGATIVE_SLOPE, original=self)
 
     def _norm_affine(self):
         """``(scale, shift)`` of the eval-mode batch norm."""
@@ -136,7 +142,7 @@ class ComplexConvBlock(nn.Module):
         <speechbrain_ext.nnet.complex.ComplexConv2d.step>`.
         """
         y, state = self.conv.step(x, state, self.fused_weights() if weights is None else weights)
-        return F.leaky_relu(y, negative_slope=0.01, inplace=True), state
+        return F.leaky_relu(y, negative_slope=NEGATIVE_SLOPE, inplace=True), state
 
 
 class FrequencyRecurrentUNet(nn.Module):
@@ -370,6 +376,32 @@ class FRCRN(nn.Module):
         )
         self.stage1 = FrequencyRecurrentUNet(**unet_kwargs)
         self.stage2 = FrequencyRecurrentUNet(**unet_kwargs)
+
+    def fuse_for_inference(self):
+        """Swap in the fused inference kernels (:mod:`speechbrain_ext.nnet.fused`); returns self.
+
+        Every convolution block becomes a :class:`~speechbrain_ext.nnet.fused.FusedComplexConvBlock`
+        (batch norm folded in from the current weights and running statistics, faster routes):
+        the same function, about twice as fast on CPU, and the same state dict. For inference:
+        the model is put in eval mode and ``train()`` then refuses; fuse again after changing
+        the weights. ``EnhanceFRCRN`` fuses the models it loads.
+
+        Example
+        -------
+        >>> model = FRCRN(channels=8, fsmn_hidden=8).eval()
+        >>> noisy, keys = torch.randn(1, 16000), sorted(model.state_dict())
+        >>> with torch.no_grad():
+        ...     plain = model(noisy)
+        ...     fused = model.fuse_for_inference()(noisy)
+        >>> torch.allclose(plain, fused, atol=1e-4), sorted(model.state_dict()) == keys
+        (True, True)
+        """
+        self.eval()
+        for module in list(self.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, ComplexConvBlock):
+                    module._modules[name] = child.fused()
+        return self
 
     def forward_stages(self, noisy):
         """Run both stages; returns two :class:`FRCRNStage` (what training needs).

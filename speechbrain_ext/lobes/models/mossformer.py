@@ -426,6 +426,13 @@ class MossFormerBlock(nn.Module):
         nn.init.normal_(self.qk_gain, std=0.02)
         self.to_out = ConvFeedForward(hidden_size // 2, d_model, dropout=dropout)
         self.attention_dropout = nn.Dropout(dropout)
+        #: Set by :meth:`MossFormerMaskNet.fuse_for_inference`: gate in place (no autograd then).
+        self.inplace_gating = False
+
+    def train(self, mode=True):
+        if mode:
+            self.inplace_gating = False  # autograd needs the attention output intact
+        return super().train(mode)
 
     def forward(self, x, rotation):
         """Returns the [B, L, d_model] output for the input ``x`` [B, L, d_model].
@@ -461,13 +468,13 @@ class MossFormerBlock(nn.Module):
         )
         v, u = hidden.chunk(2, dim=-1)
         attended_v, attended_u = attended.chunk(2, dim=-1)
-        if torch.is_grad_enabled():
-            gated = attended_u * v * torch.sigmoid(attended_v * u)
-        else:
+        if self.inplace_gating:
             # The same product computed inside the attention output, which nothing else reads:
             # no new [B, L, E / 2] tensors.
             gate = attended_v.mul_(u).sigmoid_()
             gated = attended_u.mul_(v).mul_(gate)
+        else:
+            gated = attended_u * v * torch.sigmoid(attended_v * u)
         # The output of to_out is a fresh tensor that its backward does not need.
         return self.to_out(gated).add_(x)
 
@@ -578,6 +585,25 @@ class MossFormerMaskNet(nn.Module):
         self.mask_value = nn.Conv1d(out_channels, out_channels, 1)
         self.mask_gate = nn.Conv1d(out_channels, out_channels, 1)
         self.mask_proj = nn.Conv1d(out_channels, in_channels, 1, bias=False)
+
+    def fuse_for_inference(self):
+        """Inference only: the blocks gate in place (no new tensors; autograd must be off).
+        Puts the masknet in eval mode; ``train()`` undoes it. Returns self.
+
+        Example
+        -------
+        >>> masknet = MossFormerMaskNet(32, 32, num_blocks=1, group_size=8, query_key_dim=16).eval()
+        >>> x = torch.randn(1, 32, 40)
+        >>> with torch.no_grad():
+        ...     plain = masknet(x)
+        ...     fused = masknet.fuse_for_inference()(x)
+        >>> torch.allclose(plain, fused, atol=1e-6)
+        True
+        """
+        self.eval()
+        for block in self.blocks:
+            block.inplace_gating = True
+        return self
 
     def forward(self, x):
         """Returns the masks [num_spks, B, N, L] for the encoded mixture ``x`` [B, N, L]."""
@@ -745,6 +771,12 @@ class MossFormer(nn.Module):
             causal=block.causal,
             norm=self.masknet.norm_type,
         )
+
+    def fuse_for_inference(self):
+        """See :meth:`MossFormerMaskNet.fuse_for_inference`; returns self."""
+        self.eval()
+        self.masknet.fuse_for_inference()
+        return self
 
     def forward(self, mix):
         """Separates the mixtures ``mix`` [B, T] into sources [B, T, num_spks]."""
