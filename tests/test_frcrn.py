@@ -8,7 +8,7 @@ from speechbrain_ext.convert import CheckpointMismatchError, frcrn_from_official
 from speechbrain_ext.lobes.models.frcrn import FRCRN, ComplexConvBlock, frcrn_loss
 from speechbrain_ext.nnet.complex import ComplexBatchNorm2d, ComplexConv2d, ComplexConvTranspose2d
 from speechbrain_ext.nnet.fsmn import ComplexFSMN
-from speechbrain_ext.nnet.fused import FusedComplexConvBlock
+from speechbrain_ext.nnet.fused import FusedComplexConvBlock, FusedComplexFSMN
 from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
 
 from conftest import OFFICIAL_FRCRN_KWARGS, make_reference_frcrn
@@ -212,17 +212,18 @@ def test_complex_convolutions_are_complex_products():
     assert torch.allclose(as_complex(tconv(y)), expected, atol=1e-5)
 
 
-def test_fsmn_pieces_equal_the_whole_map():
-    """Outside autograd, a long map goes through the frequency FSMN in pieces: the same function."""
+@pytest.mark.parametrize("axis", ["freq", "time"])
+def test_fused_fsmn_equals_the_plain_fsmn(axis):
+    """The fused complex FSMN (in place; along frequency, long maps in pieces): the same function."""
     torch.manual_seed(0)
-    layer = ComplexFSMN(32, 16, memory_order=5, axis="freq").eval()
-    # Long enough to be split into pieces (see speechbrain_ext.nnet.complex.PIECE_ELEMENTS).
+    layer = ComplexFSMN(32, 16, memory_order=5, axis=axis).eval()
+    # Long enough to be split into pieces (see speechbrain_ext.nnet.fused.PIECE_ELEMENTS).
     x = torch.randn(2, 64, 37, 1500).contiguous(memory_format=torch.channels_last)
+    plain = layer(x)
     with torch.inference_mode():
-        fast = layer(x)
-    slow = layer(x.requires_grad_())
-    assert slow.requires_grad and fast.shape == slow.shape
-    assert (fast - slow).abs().max() <= 1e-4 * slow.abs().max()
+        fused = FusedComplexFSMN(layer)(x)
+    assert fused.shape == plain.shape
+    assert (fused - plain).abs().max() <= 1e-4 * plain.abs().max()
 
 
 @pytest.mark.parametrize(
@@ -248,7 +249,7 @@ def test_fused_blocks_equal_the_plain_blocks(conv):
     norm.running_var.uniform_(0.5, 1.5)
     norm.weight.data.uniform_(0.5, 1.5)
     norm.eval()
-    # Long enough to be split into pieces (see speechbrain_ext.nnet.complex.PIECE_ELEMENTS).
+    # Long enough to be split into pieces (see speechbrain_ext.nnet.fused.PIECE_ELEMENTS).
     x = torch.randn(2, 2 * in_channels, 37, 1500).contiguous(memory_format=torch.channels_last)
     plain = torch.nn.functional.leaky_relu(norm(conv(x)), 0.01)
     with torch.inference_mode():

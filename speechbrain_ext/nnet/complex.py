@@ -32,45 +32,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-#: Outside autograd, long maps go through the largest frame-local layers in pieces of about
-#: this many input elements (whole frames), see :func:`in_time_pieces`.
-PIECE_ELEMENTS = 1 << 21
-
-
-def in_time_pieces(block, x, overlap=0):
-    """``block(x)`` computed on consecutive pieces of frames, outside autograd.
-
-    For a layer whose output frame ``t`` reads input frames ``t ... t + overlap`` only (a
-    frequency FSMN: ``overlap = 0``; a transposed convolution with time kernel ``k`` and time
-    padding ``k - 1``: ``overlap = k - 1``), the output is assembled from pieces of about
-    :data:`PIECE_ELEMENTS` input elements, overlapping by ``overlap`` frames. The pieces'
-    intermediate maps then stay in cache and are recycled by the allocator instead of being
-    fresh pages: FRCRN's pass over a long input runs about a fifth faster. Under autograd, or
-    for a short input, ``block(x)`` runs whole.
-
-    Example
-    -------
-    >>> x = torch.randn(1, 64, 64, 1000)  # 512 frames per piece
-    >>> with torch.no_grad():
-    ...     y = in_time_pieces(lambda piece: piece[..., 1:] - piece[..., :-1], x, overlap=1)
-    >>> torch.equal(y, x.diff())
-    True
-    """
-    frames = x.shape[-1]
-    step = max(1, PIECE_ELEMENTS // (x.shape[0] * x.shape[1] * x.shape[2]))
-    if frames <= step + overlap or torch.is_grad_enabled():
-        return block(x)
-    out_frames, out = frames - overlap, None
-    for start in range(0, out_frames, step):
-        stop = min(start + step, out_frames)
-        piece = block(x[..., start : stop + overlap].contiguous(memory_format=torch.channels_last))
-        if out is None:
-            shape = (*piece.shape[:-1], out_frames)
-            out = torch.empty(shape, dtype=piece.dtype, device=piece.device, memory_format=torch.channels_last)
-        out[..., start:stop] = piece
-    return out
-
-
 def split_complex(x):
     """Return the real and imaginary halves of ``x`` [B, 2C, ...] as two views [B, C, ...].
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from speechbrain_ext.nnet.complex import in_time_pieces, join_halves, split_complex
+from speechbrain_ext.nnet.complex import join_halves, split_complex
 
 _AXES = {"freq": 2, "time": 3}
 
@@ -69,7 +69,7 @@ class FSMN(nn.Module):
 
     def forward(self, x):
         """Apply the block to ``x`` [B, C, F, T]."""
-        return _piecewise(lambda piece: piece + _memory_residual(piece, [self], parts=1), x, self.axis)
+        return x + _memory_residual(x, [self], parts=1)
 
     def fused_weights(self):
         """The :class:`FSMNWeights` :meth:`step` runs with (a function of the parameters)."""
@@ -86,11 +86,6 @@ class FSMN(nn.Module):
         weights = self.fused_weights() if weights is None else weights
         residual, state = _step_residual(x, weights, 1, self.axis, state)
         return x + residual, state
-
-
-def _piecewise(block, x, axis):
-    """``block(x)``; along frequency every frame is independent, so long inputs run in pieces."""
-    return in_time_pieces(block, x) if axis == "freq" else block(x)
 
 
 def _memory_residual(x, blocks, parts):
@@ -238,10 +233,10 @@ class ComplexFSMN(nn.Module):
 
     def forward(self, x):
         """Apply the complex block to ``x`` [B, 2C, F, T]."""
-        def block(piece):  # (x_re | x_im) through (real | imag), in the residual's part-major order
-            return self._combine(piece, _memory_residual(piece, [self.real, self.imag], parts=2))
-
-        return _piecewise(block, x, self.real.axis)
+        # (x_re | x_im) through (real | imag), in the residual's part-major order.
+        re_real, re_imag, im_real, im_imag = _memory_residual(x, [self.real, self.imag], parts=2).chunk(4, dim=1)
+        x_re, x_im = split_complex(x)
+        return torch.cat([x_re - x_im + re_real - im_imag, x_im + x_re + im_real + re_imag], dim=1)
 
     def fused_weights(self):
         """Both blocks as one :class:`FSMNWeights`, for :meth:`step`."""
@@ -255,7 +250,8 @@ class ComplexFSMN(nn.Module):
 
     @staticmethod
     def _combine(x, residual):
-        """``(R(x_re) - I(x_im)) + j (R(x_im) + I(x_re))`` from ``x`` and the part-major residuals."""
+        """``(R(x_re) - I(x_im)) + j (R(x_im) + I(x_re))`` from ``x`` and the part-major residuals,
+        each half summed in its place (inference: streaming steps and the fused module)."""
         x_re, x_im = split_complex(x)
         re_real, re_imag, im_real, im_imag = residual.chunk(4, dim=1)
         return join_halves(

@@ -39,7 +39,7 @@ from speechbrain_ext.nnet.complex import (
     complex_multiply,
 )
 from speechbrain_ext.nnet.fsmn import ComplexFSMN
-from speechbrain_ext.nnet.fused import FusedComplexConvBlock
+from speechbrain_ext.nnet.fused import FusedComplexConvBlock, FusedComplexFSMN
 from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT, canonical_window_name
 
 # Frequency kernel sizes of the depth-14 UNet (time kernels are all 2, frequency strides 2).
@@ -381,7 +381,8 @@ class FRCRN(nn.Module):
         """Swap in the fused inference kernels (:mod:`speechbrain_ext.nnet.fused`); returns self.
 
         Every convolution block becomes a :class:`~speechbrain_ext.nnet.fused.FusedComplexConvBlock`
-        (batch norm folded in from the current weights and running statistics, faster routes):
+        (batch norm folded in from the current weights and running statistics, faster routes)
+        and every complex FSMN a :class:`~speechbrain_ext.nnet.fused.FusedComplexFSMN`:
         the same function, about twice as fast on CPU, and the same state dict. For inference:
         the model is put in eval mode and ``train()`` then refuses; fuse again after changing
         the weights. ``EnhanceFRCRN`` fuses the models it loads.
@@ -401,6 +402,8 @@ class FRCRN(nn.Module):
             for name, child in module.named_children():
                 if isinstance(child, ComplexConvBlock):
                     module._modules[name] = child.fused()
+                elif isinstance(child, ComplexFSMN):
+                    module._modules[name] = FusedComplexFSMN(child)
         return self
 
     def forward_stages(self, noisy):
