@@ -141,10 +141,12 @@ def _run_separate(args):
 
 
 def _run_convert(args):
-    from speechbrain_ext.model_folders import ModelFolderError, write_model_folder
+    from speechbrain_ext.model_folders import ModelFolderError, check_new_folder, write_model_folder
 
-    if os.path.exists(args.output_dir) and (not os.path.isdir(args.output_dir) or os.listdir(args.output_dir)):
-        raise SystemExit(f"speechbrain-ext: {args.output_dir} is not empty: nothing was written (choose a new folder)")
+    try:
+        check_new_folder(args.output_dir)  # before the model loads
+    except ModelFolderError as error:
+        raise SystemExit(f"speechbrain-ext: {error}") from None
     model = _load_model(args.task, args)
     source = args.model or DEFAULT_MODELS[args.task]
     try:

@@ -573,7 +573,7 @@ def load_mossformer_official(model, checkpoint):
     return model
 
 
-def mossformer_to_official(model, directory=None):
+def mossformer_to_official(model, directory=None, sample_rate=None):
     """Export a MossFormer as the official three state dicts (and optionally files).
 
     Each state dict loads with ``strict=True`` into the matching module of the reference
@@ -588,6 +588,8 @@ def mossformer_to_official(model, directory=None):
     directory : str or os.PathLike, optional
         If given, ``encoder.bin``, ``masknet.bin``, ``decoder.bin`` and a ModelScope
         ``configuration.json`` (which ModelScope's own ``pipeline`` accepts) are written there.
+    sample_rate : int, optional
+        Written into ``configuration.json`` (our interfaces read it back; ModelScope ignores it).
 
     Returns
     -------
@@ -632,5 +634,6 @@ def mossformer_to_official(model, directory=None):
             torch.save(state, os.path.join(directory, f"{part}.bin"))
         config = MossFormer.from_modules(modules["encoder"], modules["masknet"], modules["decoder"]).config
         with open(os.path.join(directory, "configuration.json"), "w", encoding="utf-8") as file:
-            json.dump(modelscope_configuration("separation", config), file, indent=4)
+            extra = {} if sample_rate is None else {"sample_rate": int(sample_rate)}
+            json.dump(modelscope_configuration("separation", config, **extra), file, indent=4)
     return official

@@ -143,15 +143,12 @@ def _write_modelscope(interface, folder, source):
         torch.save(frcrn_to_official(model), os.path.join(folder, "pytorch_model.bin"))
         kwargs = {**_OFFICIAL_FRCRN_FIXED, "padding_mode": model.config["padding_mode"],
                   **{k: model.config[k] for k in ("win_len", "win_inc", "fft_len", "win_type")}}
-        configuration = modelscope_configuration("enhancement", kwargs)
+        with open(os.path.join(folder, "configuration.json"), "w", encoding="utf-8") as stream:
+            json.dump(modelscope_configuration("enhancement", kwargs), stream, indent=4)
         task = "Tasks.acoustic_noise_suppression"
-    else:
-        model = _mossformer(interface)
-        mossformer_to_official(model, folder)
-        configuration = modelscope_configuration("separation", model.config, sample_rate=interface.hparams.sample_rate)
+    else:  # the three .bin files and configuration.json
+        mossformer_to_official(_mossformer(interface), folder, sample_rate=interface.hparams.sample_rate)
         task = "Tasks.speech_separation"
-    with open(os.path.join(folder, "configuration.json"), "w", encoding="utf-8") as stream:
-        json.dump(configuration, stream, indent=4)
     _write_readme(folder, source, "from modelscope.pipelines import pipeline\nfrom modelscope.utils.constant import Tasks\n"
                                   f"model = pipeline({task}, model=\"path/to/this/folder\")")
 
@@ -195,6 +192,22 @@ def is_own_model_folder(folder):
         return False
 
 
+def check_new_folder(folder, replace_own=False):
+    """Raise :class:`ModelFolderError` unless ``folder`` may receive a model: absent, empty, or
+    (``replace_own``) one :func:`write_model_folder` wrote. Returns whether it will be replaced.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> check_new_folder(os.path.join(tempfile.mkdtemp(), "new"))
+    False
+    """
+    replacing = replace_own and is_own_model_folder(folder)
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)) and not replacing:
+        raise ModelFolderError(f"{folder} is not empty: nothing was written (choose a new folder)")
+    return replacing
+
+
 def write_model_folder(interface, folder, layout="speechbrain", source=None, replace_own=False):
     """Write a loaded interface's model as a ``layout`` folder (see the module docstring).
 
@@ -235,9 +248,7 @@ def write_model_folder(interface, folder, layout="speechbrain", source=None, rep
     if layout not in _WRITERS:
         raise ModelFolderError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     folder = os.path.abspath(os.fspath(folder))
-    replacing = replace_own and is_own_model_folder(folder)
-    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)) and not replacing:
-        raise ModelFolderError(f"{folder} is not empty: nothing was written (choose a new folder)")
+    replacing = check_new_folder(folder, replace_own)
     staging, previous = (os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.{kind}.sbext-partial")
                          for kind in ("new", "old"))
     for left_over in (staging, previous):  # left by an interrupted conversion

@@ -120,6 +120,8 @@ def read_segment(path, start=0, length=None, loop=False, sample_rate=None):
     """
     if length is None:
         return _read(path, start)
+    if not loop and sample_rate is None:  # a plain segment: no need for the header
+        return fit_length(_read(path, start, length), length)
     info = sf.info(path)
     resample = sample_rate is not None and info.samplerate != sample_rate
     # One sample more than the resampled length needs, so that its last sample is complete.
