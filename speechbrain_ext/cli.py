@@ -73,7 +73,7 @@ def _process(task, args):
     from tqdm import tqdm
 
     from speechbrain_ext.errors import SpeechBrainExtError
-    from speechbrain_ext.inference.audio import AUDIO_EXTENSIONS, audio_info
+    from speechbrain_ext.audio import AUDIO_EXTENSIONS, audio_info
     from speechbrain_ext.inference.streaming import stream_file
 
     plan = _plan(task, args)  # refuses unsafe plans before the model is loaded

@@ -396,11 +396,17 @@ def _mossformer_rename(name, rules):
     return None
 
 
-def read_official_configuration(path, model_class):
+def read_official_configuration(path, model_class=None):
     """Constructor arguments of ``model_class`` from a ModelScope ``configuration.json`` ({} if absent).
 
     ModelScope passes the ``model`` section (less its ``type``) to the model constructor; we
-    also accept a nested ``model_config`` section and keep only the keys ``model_class`` takes.
+    also accept a nested ``model_config`` section and keep only the keys ``model_class`` takes
+    (every key of the section when ``model_class`` is None: e.g. the ``sample_rate`` we write).
+
+    Example
+    -------
+    >>> read_official_configuration("/nonexistent/configuration.json")
+    {}
     """
     import inspect
     import json
@@ -417,6 +423,8 @@ def read_official_configuration(path, model_class):
         return {}
     if isinstance(section.get("model_config"), Mapping):
         section = {**section, **section["model_config"]}
+    if model_class is None:
+        return dict(section)
     accepted = inspect.signature(model_class).parameters
     return {key: value for key, value in section.items() if key in accepted}
 

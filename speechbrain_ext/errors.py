@@ -5,7 +5,7 @@ Each keeps the built-in base its callers already expect (``ValueError`` for bad 
 
 Example
 -------
->>> from speechbrain_ext.inference.audio import AudioInputError
+>>> from speechbrain_ext.audio import AudioInputError
 >>> issubclass(AudioInputError, SpeechBrainExtError) and issubclass(AudioInputError, ValueError)
 True
 """

@@ -19,7 +19,7 @@ import torch
 
 from speechbrain_ext.errors import AudioOutputError, InvalidOptionError, SpeechBrainExtError
 from speechbrain_ext.inference import EnhanceFRCRN, SeparateMossFormer
-from speechbrain_ext.inference.audio import OUTPUT_TAG, is_own_output
+from speechbrain_ext.audio import OUTPUT_TAG, is_own_output
 from speechbrain_ext.synthetic import speech_like
 
 CLI = os.path.join(os.path.dirname(sys.executable), "speechbrain-ext")
@@ -279,7 +279,7 @@ def test_overwrite_replaces_only_our_own_outputs(models, tmp_path):
 def test_our_errors_share_one_base():
     from speechbrain_ext.convert import CheckpointMismatchError
     from speechbrain_ext.evaluation import EvaluationError
-    from speechbrain_ext.inference.audio import AudioInputError
+    from speechbrain_ext.audio import AudioInputError
     from speechbrain_ext.inference.sources import SourceError
 
     for error in (AudioInputError, AudioOutputError, InvalidOptionError, SourceError, CheckpointMismatchError,

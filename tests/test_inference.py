@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 
 from speechbrain_ext.inference import EnhanceFRCRN, SeparateMossFormer
-from speechbrain_ext.inference.audio import AudioInputError, AudioReader
+from speechbrain_ext.audio import AudioInputError, AudioReader
 from speechbrain_ext.inference.chunking import OverlapStitcher, chunk_starts, chunked_inference
 from speechbrain_ext.evaluation.metrics import si_snr
 from speechbrain_ext.lobes.models.frcrn import FRCRN

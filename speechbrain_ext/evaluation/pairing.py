@@ -40,6 +40,7 @@ from typing import ClassVar, Optional
 import numpy as np
 import soundfile as sf
 
+from speechbrain_ext.audio import AUDIO_EXTENSIONS, AudioInputError, audio_info, read_segment
 from speechbrain_ext.errors import SpeechBrainExtError
 from speechbrain_ext.evaluation.metrics import resample as resample_signal
 
@@ -154,9 +155,6 @@ def item_files(item):
 
 
 def _audio_files(folder, role):
-    # Imported here: the inference package imports the models, whose losses import metrics.
-    from speechbrain_ext.inference.audio import AUDIO_EXTENSIONS
-
     if not folder or not os.path.isdir(folder):
         raise EvaluationError(f"the {role} folder {folder!r} does not exist")
     files = sorted(
@@ -232,7 +230,7 @@ def match_files(clean_dir, enhanced_dir, noisy_dir=None, match="auto"):
     Arguments
     ---------
     clean_dir, enhanced_dir : str
-        Folders of audio files (``speechbrain_ext.inference.audio.AUDIO_EXTENSIONS``; not searched recursively).
+        Folders of audio files (``speechbrain_ext.audio.AUDIO_EXTENSIONS``; not searched recursively).
     noisy_dir : str, optional
         Folder of the noisy inputs.
     match : str
@@ -302,7 +300,7 @@ def match_separation_files(mix_dir, source_dirs, estimate_dirs):
     Arguments
     ---------
     mix_dir : str
-        Folder of the mixtures (``speechbrain_ext.inference.audio.AUDIO_EXTENSIONS``; not searched recursively).
+        Folder of the mixtures (``speechbrain_ext.audio.AUDIO_EXTENSIONS``; not searched recursively).
     source_dirs : list of str
         One folder per speaker (``s1``, ``s2`` [, ``s3``]), files named as the mixtures.
     estimate_dirs : list of str
@@ -360,15 +358,10 @@ def match_separation_files(mix_dir, source_dirs, estimate_dirs):
 
 
 def _info(path):
-    if not os.path.isfile(path):
-        raise EvaluationError(f"audio file not found: {path}")
     try:
-        info = sf.info(path)
-    except Exception as error:
-        raise EvaluationError(f"cannot read {path}: {error}") from None
-    if info.frames == 0:
-        raise EvaluationError(f"{path} is empty")
-    return info
+        return audio_info(path)
+    except AudioInputError as error:
+        raise EvaluationError(str(error)) from None
 
 
 def read_mono(path):
@@ -379,11 +372,10 @@ def read_mono(path):
     >>> read_mono("/nonexistent.wav")
     Traceback (most recent call last):
     ...
-    speechbrain_ext.evaluation.pairing.EvaluationError: audio file not found: /nonexistent.wav
+    speechbrain_ext.evaluation.pairing.EvaluationError: /nonexistent.wav: no such file
     """
-    _info(path)
-    samples, rate = sf.read(path, dtype="float64", always_2d=True)
-    return samples[:, 0], int(rate)
+    info = _info(path)
+    return read_segment(path).double().numpy(), int(info.samplerate)
 
 
 def check_item(item, resample=False):
@@ -415,7 +407,7 @@ def check_item(item, resample=False):
     >>> check_item(EvaluationItem("a", "/nonexistent.wav", "/nonexistent.wav"))
     Traceback (most recent call last):
     ...
-    speechbrain_ext.evaluation.pairing.EvaluationError: audio file not found: /nonexistent.wav
+    speechbrain_ext.evaluation.pairing.EvaluationError: /nonexistent.wav: no such file
     """
     (reference_role, reference_path), *others = item_files(item)
     reference = _info(reference_path)

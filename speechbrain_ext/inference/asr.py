@@ -24,7 +24,7 @@ Authors: speechbrain-ext contributors
 import torch
 import torchaudio
 
-from speechbrain_ext.inference.audio import read_audio
+from speechbrain_ext.audio import read_audio
 
 
 def asr_sample_rate(asr):

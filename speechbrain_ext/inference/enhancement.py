@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.inference.interfaces import Pretrained
 
-from speechbrain_ext.inference.audio import (
+from speechbrain_ext.audio import (
     AtomicAudioWriter,
     AudioInputError,
     AudioReader,

@@ -8,7 +8,7 @@ The rules that keep a user's files safe, checked before any model is loaded:
 - the output folder is never read as input, even when it lies inside an input folder; an
   output folder that *is* an input folder is refused;
 - an existing file is only ever replaced if speechbrain-ext wrote it (it carries
-  :data:`~speechbrain_ext.inference.audio.OUTPUT_TAG`), and only with ``overwrite``;
+  :data:`~speechbrain_ext.audio.OUTPUT_TAG`), and only with ``overwrite``;
 - files of a format we cannot read are counted and listed, not silently ignored;
 - temporary files of an interrupted earlier run are removed for every planned output.
 
@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 from speechbrain_ext.errors import OutputConflictError
-from speechbrain_ext.inference.audio import AUDIO_EXTENSIONS, is_own_output, remove_temporaries, same_file
+from speechbrain_ext.audio import AUDIO_EXTENSIONS, is_own_output, remove_temporaries, same_file
 
 
 @dataclass

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 from speechbrain.inference.interfaces import Pretrained
 
-from speechbrain_ext.inference.audio import AtomicAudioWriter, AudioInputError, AudioReader, StreamResampler
+from speechbrain_ext.audio import AtomicAudioWriter, AudioInputError, AudioReader, StreamResampler
 from speechbrain_ext.inference.chunking import chunk_lengths, chunked_inference
 from speechbrain_ext.inference.options import (
     as_waveform_batch,
@@ -26,19 +26,6 @@ from speechbrain_ext.lobes.models.masking import encode_mask_decode
 
 #: Peak level of each separated speaker in written files (the official pipeline's 0.5).
 OUTPUT_PEAK = 0.5
-
-
-def _configured_sample_rate(folder):
-    """The ``sample_rate`` that speechbrain-ext writes into a ModelScope configuration (None if absent)."""
-    import json
-
-    path = os.path.join(folder, "configuration.json")
-    try:
-        with open(path, encoding="utf-8") as stream:
-            rate = json.load(stream).get("model", {}).get("sample_rate")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return int(rate) if isinstance(rate, (int, float)) and rate > 0 else None
 
 
 class SeparateMossFormer(OfficialSourceMixin, Pretrained):
@@ -73,11 +60,14 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
 
     @classmethod
     def _load_official(cls, hparams, folder):
-        from speechbrain_ext.convert import mossformer_from_official
+        from speechbrain_ext.convert import mossformer_from_official, read_official_configuration
 
         official = mossformer_from_official(folder)  # sized by the folder's configuration.json
         hparams["num_spks"] = official.num_spks
-        hparams["sample_rate"] = _configured_sample_rate(folder) or hparams["sample_rate"]
+        # Official folders hold no rate (8 kHz); the folders we write hold theirs.
+        rate = read_official_configuration(os.path.join(folder, "configuration.json")).get("sample_rate")
+        if isinstance(rate, (int, float)) and rate > 0:
+            hparams["sample_rate"] = int(rate)
         return {name: getattr(official, name) for name in cls.MODULES_NEEDED}
 
     @property

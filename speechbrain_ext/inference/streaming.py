@@ -319,7 +319,7 @@ def stream_file(enhancer_or_model, input_path, output_path, block_size=320, alig
     >>> info["seconds"], info["latency_seconds"], soundfile.info(info["path"]).frames
     (0.25, 0.04, 4000)
     """
-    from speechbrain_ext.inference.audio import AtomicAudioWriter, AudioReader, StreamResampler
+    from speechbrain_ext.audio import AtomicAudioWriter, AudioReader, StreamResampler
     from speechbrain_ext.inference.options import check_channels, check_output_rate
 
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:

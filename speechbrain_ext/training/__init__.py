@@ -17,7 +17,10 @@ module                            what
                                   :func:`export_model`
 ================================  ==============================================================
 
-Dataset layouts stay with their recipes (``recipes/<Dataset>/<task>/prepare_*.py``).
+Dataset layouts stay with their recipes (``recipes/<Dataset>/<task>/prepare_*.py``), except the
+wsj0-mix folder layout: WSJ0Mix and WHAM! both read it, so it is read (and its errors worded) in
+one place, :mod:`.manifests`, and each recipe's ``prepare_data.py`` says which dataset it is.
+Audio is read by :mod:`speechbrain_ext.audio`, as everywhere in the package.
 
 Authors
  * speechbrain-ext contributors

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from speechbrain_ext.evaluation import EvaluationItem, evaluate, format_summary, plot_spectrograms, write_csv
 from speechbrain_ext.evaluation.metrics import si_snr
-from speechbrain_ext.inference.audio import whole_frames_length
+from speechbrain_ext.audio import whole_frames_length
 from speechbrain_ext.training.brain import RecipeBrain
 
 logger = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 One place for what the enhancement and separation recipes mix:
 
-- reading: :func:`read_segment` (any segment of a file, looped or zero-padded past its end,
-  resampled to the training rate), :func:`fit_length`, :func:`loop_to_length`;
+- reading: :func:`speechbrain_ext.audio.read_segment` (any segment of a file, looped or
+  zero-padded past its end, resampled to the training rate);
 - levels: :func:`power`, :func:`scale_to_snr` (the one SNR scaling), :func:`limit_peak`;
 - speech + noise (+ room impulse response) at a random SNR and level: :class:`NoiseMixer`
   (enhancement training; :func:`make_noisy` for fixed validation mixtures);
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from speechbrain_ext.audio import fit_length, loop_to_length, read_segment
 from speechbrain_ext.errors import SpeechBrainExtError
 
 # Direct path plus this much of the impulse response is the "early" part kept in the target.
@@ -50,7 +51,7 @@ class MixLayoutError(SpeechBrainExtError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Reading and levels
+# Levels
 # --------------------------------------------------------------------------------------------
 
 
@@ -62,78 +63,6 @@ def random_int(high):
 def random_uniform(low, high):
     """Uniform float in ``[low, high)`` from torch's global generator."""
     return float(low + (high - low) * torch.rand(()))
-
-
-def fit_length(signal, length):
-    """``signal`` [..., T] cropped or zero-padded at the end to ``length`` samples.
-
-    Example
-    -------
-    >>> fit_length(torch.ones(3), 5).tolist()
-    [1.0, 1.0, 1.0, 0.0, 0.0]
-    """
-    return F.pad(signal, (0, length - signal.shape[-1])) if signal.shape[-1] < length else signal[..., :length]
-
-
-def loop_to_length(signal, length):
-    """``signal`` [T] repeated (or cropped) to ``length`` samples.
-
-    Example
-    -------
-    >>> loop_to_length(torch.tensor([1.0, 2.0, 3.0]), 7).tolist()
-    [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0]
-    """
-    if signal.numel() == 0:
-        return torch.zeros(length)
-    return signal.repeat(-(-length // signal.shape[-1]))[:length]
-
-
-def _read(path, start=0, frames=None):
-    stop = None if frames is None else start + frames
-    data, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
-    return torch.from_numpy(np.ascontiguousarray(data[:, 0]))
-
-
-def read_segment(path, start=0, length=None, loop=False, sample_rate=None):
-    """Channel 0 of an audio file as a float32 tensor ``[length]``.
-
-    Arguments
-    ---------
-    path : str
-    start : int
-        First sample, at the file's own rate (with ``loop``, taken modulo the file length).
-    length : int, optional
-        Samples to return, at ``sample_rate`` (default: the rest of the file).
-    loop : bool
-        Past the end of the file, go on from its beginning (noise clips shorter than a segment);
-        otherwise zero-pad.
-    sample_rate : int, optional
-        Resample to this rate when the file has another one (WHAM! noise is 16 kHz).
-
-    Example
-    -------
-    >>> import tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "ramp.wav")
-    >>> sf.write(path, np.arange(4) / 8, 8000, subtype="FLOAT")
-    >>> (read_segment(path, 2, 5, loop=True) * 8).tolist()
-    [2.0, 3.0, 0.0, 1.0, 2.0]
-    """
-    if length is None:
-        return _read(path, start)
-    if not loop and sample_rate is None:  # a plain segment: no need for the header
-        return fit_length(_read(path, start, length), length)
-    info = sf.info(path)
-    resample = sample_rate is not None and info.samplerate != sample_rate
-    # One sample more than the resampled length needs, so that its last sample is complete.
-    needed = math.ceil(length * info.samplerate / sample_rate) + 1 if resample else length
-    if loop:
-        start = int(start) % max(1, info.frames)
-    segment = _read(path, start, needed)
-    if segment.shape[-1] < needed and loop and info.frames > 0:  # wrap around to the beginning
-        segment = torch.cat([segment, loop_to_length(_read(path), needed - segment.shape[-1])])
-    if resample:
-        segment = torchaudio.functional.resample(segment, info.samplerate, sample_rate)
-    return fit_length(segment, length)
 
 
 def power(signal):

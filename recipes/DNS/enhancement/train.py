@@ -32,7 +32,7 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_ext.inference.audio import whole_frames_length
+from speechbrain_ext.audio import whole_frames_length
 from speechbrain_ext.training import EnhancementBrain, evaluate_enhancement, prepare_experiment, train_and_evaluate
 from speechbrain_ext.training.brain import read_rows, reseed_per_process
 from speechbrain_ext.training.mixing import NoiseMixer

@@ -1,9 +1,14 @@
-"""Streaming audio input/output for inference on files of any length, rate and channel count.
+"""Audio input/output for the whole package: inference, training and evaluation.
 
-Files are read block by block, mixed down (or kept per channel), resampled to the model rate
-with a streaming resampler that reproduces whole-signal resampling, and written block by block
-to a temporary file that is renamed into place only when everything succeeded. Memory therefore
-stays bounded however long the file is, and a failure never leaves a half-written output.
+- files of any length, rate and channel count (inference): :class:`AudioReader` reads block by
+  block, mixed down (or kept per channel), resampled to the model rate by a streaming resampler
+  that reproduces whole-signal resampling; :class:`AtomicAudioWriter` writes block by block to a
+  temporary file renamed into place only when everything succeeded. Memory stays bounded however
+  long the file is, and a failure never leaves a half-written output.
+- segments (training and evaluation): :func:`read_segment` (any part of a file, looped or
+  zero-padded past its end, resampled), :func:`fit_length`, :func:`loop_to_length`.
+- levels and lengths: :func:`level_scale` (the official pipelines' input level),
+  :func:`whole_frames_length` (padding for frame-based models).
 
 Authors: speechbrain-ext contributors
 """
@@ -15,6 +20,7 @@ import re
 import numpy as np
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 import torchaudio
 
 from speechbrain_ext.errors import AudioOutputError, SpeechBrainExtError
@@ -39,7 +45,7 @@ def audio_info(path):
     >>> audio_info("/nonexistent.wav")
     Traceback (most recent call last):
     ...
-    speechbrain_ext.inference.audio.AudioInputError: /nonexistent.wav: no such file
+    speechbrain_ext.audio.AudioInputError: /nonexistent.wav: no such file
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -211,6 +217,78 @@ def read_audio(path, target_rate, channels="mix"):
     reader = AudioReader(path, target_rate, channels)
     blocks = list(reader)
     return torch.cat(blocks, dim=-1) if blocks else torch.zeros(reader.num_channels, 0)
+
+
+def fit_length(signal, length):
+    """``signal`` [..., T] cropped or zero-padded at the end to ``length`` samples.
+
+    Example
+    -------
+    >>> fit_length(torch.ones(3), 5).tolist()
+    [1.0, 1.0, 1.0, 0.0, 0.0]
+    """
+    return F.pad(signal, (0, length - signal.shape[-1])) if signal.shape[-1] < length else signal[..., :length]
+
+
+def loop_to_length(signal, length):
+    """``signal`` [T] repeated (or cropped) to ``length`` samples.
+
+    Example
+    -------
+    >>> loop_to_length(torch.tensor([1.0, 2.0, 3.0]), 7).tolist()
+    [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0]
+    """
+    if signal.numel() == 0:
+        return torch.zeros(length)
+    return signal.repeat(-(-length // signal.shape[-1]))[:length]
+
+
+def _read(path, start=0, frames=None):
+    stop = None if frames is None else start + frames
+    data, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
+    return torch.from_numpy(np.ascontiguousarray(data[:, 0]))
+
+
+def read_segment(path, start=0, length=None, loop=False, sample_rate=None):
+    """Channel 0 of an audio file as a float32 tensor ``[length]``.
+
+    Arguments
+    ---------
+    path : str
+    start : int
+        First sample, at the file's own rate (with ``loop``, taken modulo the file length).
+    length : int, optional
+        Samples to return, at ``sample_rate`` (default: the rest of the file).
+    loop : bool
+        Past the end of the file, go on from its beginning (noise clips shorter than a segment);
+        otherwise zero-pad.
+    sample_rate : int, optional
+        Resample to this rate when the file has another one (WHAM! noise is 16 kHz).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "ramp.wav")
+    >>> sf.write(path, np.arange(4) / 8, 8000, subtype="FLOAT")
+    >>> (read_segment(path, 2, 5, loop=True) * 8).tolist()
+    [2.0, 3.0, 0.0, 1.0, 2.0]
+    """
+    if length is None:
+        return _read(path, start)
+    if not loop and sample_rate is None:  # a plain segment: no need for the header
+        return fit_length(_read(path, start, length), length)
+    info = sf.info(path)
+    resample = sample_rate is not None and info.samplerate != sample_rate
+    # One sample more than the resampled length needs, so that its last sample is complete.
+    needed = math.ceil(length * info.samplerate / sample_rate) + 1 if resample else length
+    if loop:
+        start = int(start) % max(1, info.frames)
+    segment = _read(path, start, needed)
+    if segment.shape[-1] < needed and loop and info.frames > 0:  # wrap around to the beginning
+        segment = torch.cat([segment, loop_to_length(_read(path), needed - segment.shape[-1])])
+    if resample:
+        segment = torchaudio.functional.resample(segment, info.samplerate, sample_rate)
+    return fit_length(segment, length)
 
 
 def whole_frames_length(num_samples, win_len, win_inc, rounding="up"):
