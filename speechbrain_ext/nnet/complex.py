@@ -2,9 +2,10 @@
 
 A complex feature map with ``C`` channels is stored as one real tensor ``[B, 2C, F, T]``:
 the ``C`` real channels first, then the ``C`` imaginary channels. Keeping both halves in the
-channel axis means batch norm is an ordinary ``BatchNorm2d``, complex products are a few
-grouped convolutions, and no operation needs a trailing axis of size 2, which would make every
-slice non-contiguous. The layers work in either memory format; channels-last is faster on CPU.
+channel axis means batch norm is an ordinary ``BatchNorm2d``, a complex convolution is a few
+real ones, and no operation needs a trailing axis of size 2, which would make every
+slice non-contiguous. The layers work in either memory format (FRCRN trains in the default
+one, whose convolution backward is faster on CPU, and infers channels-last).
 
 Causal layers and streaming
 ---------------------------
@@ -231,12 +232,14 @@ class _ComplexConvBase(nn.Module):
     parameters (the natural parameterisation, and the one official checkpoints use). The
     product is evaluated with Gauss's trick, three real convolutions instead of four:
     ``k1 = W_re (x_re + x_im)``, ``k2 = (W_im - W_re) x_re``, ``k3 = (W_re + W_im) x_im``,
-    ``real = k1 - k3``, ``imag = k1 + k2``; ``k2`` and ``k3`` run as one grouped convolution.
-    Each real convolution of the reference carries its own bias, so the complex output gets
-    ``b_re - b_im`` (real) and ``b_re + b_im`` (imaginary).
+    ``real = k1 - k3``, ``imag = k1 + k2`` (a quarter fewer operations, forward and backward).
+    A layer with one complex output channel instead runs one real convolution of
+    ``[x_re; x_im]`` with the block kernel ``[[W_re, -W_im], [W_im, W_re]]``
+    (:meth:`_block_kernel`): three one-channel convolutions would cost more than the four
+    products in one call. Each real convolution of the reference carries its own bias, so the
+    complex output gets ``b_re - b_im`` (real) and ``b_re + b_im`` (imaginary).
 
-    For streaming (a frame or a few at a time, where the cost of each call dominates) ``step``
-    runs the equivalent single real convolution of :meth:`fused_weights` instead.
+    For streaming ``step`` runs the same block kernel, rearranged by :meth:`fused_weights`.
     """
 
     #: The kernel axis of output channels: 0 for a convolution ([out, in, ...]), 1 for a
@@ -282,20 +285,20 @@ class _ComplexConvBase(nn.Module):
             bias = out_shift if bias is None else bias * out_scale + out_shift
         return weight, bias
 
+    def _complex_product(self, x, conv):
+        """Apply ``conv(input, weight, bias)`` as this complex convolution to ``x``."""
+        w_re, w_im = self.weight_real, self.weight_imag
+        if w_re.shape[self.out_axis] == 1:
+            return conv(x, *self._block_kernel())
+        x_re, x_im = split_complex(x)
+        k1 = conv(x_re + x_im, w_re, self.bias_real)
+        k2 = conv(x_re, w_im - w_re, self.bias_imag)
+        k3 = conv(x_im, w_re + w_im, self.bias_imag)
+        return torch.cat([k1 - k3, k1 + k2], dim=1)
+
     def _check_steppable(self):
         if not self.causal and (self.kernel_size[1] > 1 or self.padding[1]):
             raise RuntimeError("only a causal convolution (or one with a 1-frame kernel) can run step by step")
-
-    def _complex_product(self, x, conv):
-        """Apply ``conv(input, weight, bias, groups=...)`` as a complex convolution to ``x``."""
-        x_re, x_im = split_complex(x)
-        w_re, w_im = self.weight_real, self.weight_imag
-        # Input-channel groups are dim 0 of both conv ([out, in]) and tconv ([in, out]) kernels
-        # as far as a 2-group convolution is concerned: k2 reads x_re, k3 reads x_im.
-        k1 = conv(x_re + x_im, w_re, self.bias_real, groups=1)
-        shared_bias = None if self.bias_imag is None else self.bias_imag.repeat(2)
-        k2, k3 = split_complex(conv(x, torch.cat([w_im - w_re, w_re + w_im]), shared_bias, groups=2))
-        return torch.cat([k1 - k3, k1 + k2], dim=1)
 
 
 class ComplexConv2d(_ComplexConvBase):
@@ -365,11 +368,7 @@ class ComplexConv2d(_ComplexConvBase):
             x, padding = F.pad(x, (pad_t, pad_t, pad_f, pad_f), mode=self.padding_mode), (0, 0)
         else:
             padding = self.padding
-
-        def conv(inputs, weight, bias, groups):
-            return F.conv2d(inputs, weight, bias, self.stride, padding, groups=groups)
-
-        return self._complex_product(x, conv)
+        return self._complex_product(x, lambda x, weight, bias: F.conv2d(x, weight, bias, self.stride, padding))
 
     def fused_weights(self, out_scale=None, out_shift=None):
         """The :class:`RealKernel` that :meth:`step` convolves with (a function of the parameters).
@@ -465,11 +464,9 @@ class ComplexConvTranspose2d(_ComplexConvBase):
 
     def forward(self, x):
         """Upsample ``x`` [B, 2*in, F, T] into [B, 2*out, F', T'] (``T' = T`` if causal)."""
-
-        def tconv(inputs, weight, bias, groups):
-            return F.conv_transpose2d(inputs, weight, bias, self.stride, self.padding, groups=groups)
-
-        y = self._complex_product(x, tconv)
+        y = self._complex_product(
+            x, lambda x, weight, bias: F.conv_transpose2d(x, weight, bias, self.stride, self.padding)
+        )
         # Causal: unpadded in time, output frame t receives x[t - k] through tap k; the last
         # kernel_t - 1 frames only exist because of the kernel's overhang past the end.
         return y[..., : x.shape[-1]] if self.causal else y

@@ -184,6 +184,8 @@ class FrequencyRecurrentUNet(nn.Module):
     ):
         super().__init__()
         self.causal = causal
+        #: Layout of the feature maps; FRCRN.fuse_for_inference sets channels-last.
+        self.memory_format = torch.contiguous_format
         # Official: time padding 1 on both sides (a frame more per encoder level, and a frame
         # of look-ahead per decoder level); causal layers pad the past themselves.
         time_padding = 0 if causal else 1
@@ -244,9 +246,9 @@ class FrequencyRecurrentUNet(nn.Module):
             run = stream.apply
         else:
             raise RuntimeError("only a causal FrequencyRecurrentUNet can run as a stream")
-        # Channels-last convolutions are markedly faster on CPU (and fine on GPU); every layer
-        # keeps the memory format it is given.
-        x = x.contiguous(memory_format=torch.channels_last)
+        # Every layer keeps the memory format it is given: the default one trains faster on
+        # CPU (convolution backward), channels-last infers faster (fuse_for_inference, streams).
+        x = x.contiguous(memory_format=torch.channels_last if stream is not None else self.memory_format)
         skips = []
         for level, encoder in enumerate(self.encoders):
             if level > 0:
@@ -398,6 +400,8 @@ class FRCRN(nn.Module):
         (True, True)
         """
         self.eval()
+        for unet in (self.stage1, self.stage2):
+            unet.memory_format = torch.channels_last  # what the fused kernels are tuned for
         for module in list(self.modules()):
             for name, child in module.named_children():
                 if isinstance(child, ComplexConvBlock):
