@@ -109,7 +109,7 @@ def main():
                     for name in ("reference", "ours"):
                         elapsed, memory = timed(lambda: functions[name](audio))
                         outputs[name] = functions[name](audio)
-                        row += [f"{batch * seconds / elapsed:.0f}", f"{memory:.0f} MB"]
+                        row += [f"{batch * seconds / elapsed:.1f}", f"{memory:.0f} MB"]
                 inference.append(f"| {model} | {batch} x {seconds:g} s | " + " | ".join(row) + " |")
                 if batch == 1:
                     common = min(outputs["ours"].shape[1], outputs["reference"].shape[1])  # time axis

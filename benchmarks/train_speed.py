@@ -6,8 +6,8 @@ Adam step. FRCRN's loss is the official 'Mix' loss (``FRCRN.loss`` of the refere
 permutation-invariant SI-SNR (``get_si_snr_with_pitwrapper``), as both training codes use. Both
 models get identical weights and identical batches; the two implementations alternate within one
 process (so machine noise affects both alike) and the fastest of ``--repeats`` steps is reported.
-Peak RSS is measured in a subprocess per implementation and input (one warm-up step + one step),
-so that it is that model's own.
+Peak RSS is measured in a subprocess per implementation and input (two steps, counted after the
+other implementation's model is freed), so that it is that model's own (Linux).
 
 Usage::
 
@@ -18,6 +18,7 @@ Prints a markdown table.
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -80,7 +81,7 @@ def build_pair(model, workdir, device="cpu", autocast_dtype=None):
                 loss = loss_fn(inputs, targets)
             loss.backward()
             optimizer.step()
-            return float(loss)
+            return float(loss.detach())
 
         steps[name] = step
     return steps
@@ -100,14 +101,29 @@ def make_batch(model, batch, seconds, device="cpu"):
     return sources.sum(-1).to(device), sources.to(device)
 
 
+def _peak_rss_mb():
+    """This process's peak resident memory (Linux VmHWM; getrusage would report the parent's
+    peak, which Linux carries across fork and exec)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _rss_worker(model, implementation, batch, seconds, threads):
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as workdir:
-        step = build_pair(model, workdir)[implementation]
+        steps = build_pair(model, workdir)
+        step = steps.pop(implementation)
+        steps.clear()  # the other implementation's model and optimizer
+        gc.collect()
         inputs, targets = make_batch(model, batch, seconds)
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")  # reset VmHWM: count from here, with one model in memory
         step(inputs, targets)
         step(inputs, targets)
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_mb": _peak_rss_mb()}))
 
 
 def peak_rss(model, implementation, batch, seconds, threads):

@@ -88,7 +88,7 @@ class FSMN(nn.Module):
         return x + residual, state
 
 
-def _memory_residual(x, blocks, parts):
+def _memory_residual(x, blocks, parts, matrix_filter=True):
     """``p + memory(p)`` of each FSMN block in ``blocks`` applied to each of ``parts`` inputs.
 
     ``x`` stacks the ``parts`` inputs along channels (``parts * C``). The blocks' linear layers
@@ -105,7 +105,7 @@ def _memory_residual(x, blocks, parts):
     project_w = torch.cat([b.project.weight for b in blocks] * parts)[:, :, None, None]
     hidden = torch.relu_(F.conv2d(x, linear_w, linear_b, groups=parts))
     projected = F.conv2d(hidden, project_w, groups=parts * len(blocks))
-    return causal_filter(projected, _fuse_memory(blocks, parts)[:, 0], _AXES[first.axis])
+    return causal_filter(projected, _fuse_memory(blocks, parts)[:, 0], _AXES[first.axis], matrix_filter)
 
 
 #: Sequences up to this many times the filter length are filtered as a matrix product, longer
@@ -113,7 +113,7 @@ def _memory_residual(x, blocks, parts):
 MATRIX_FILTER_FACTOR = 4
 
 
-def causal_filter(x, filters, dim):
+def causal_filter(x, filters, dim, matrix_filter=True):
     """Filter every channel of ``x`` [B, C, F, T] along ``dim`` (2 or 3) with its causal FIR.
 
     ``y[s] = sum_k filters[c, k] x[s - K + 1 + k]`` (``filters`` ``[C, K]``; zeros before the
@@ -121,7 +121,9 @@ def causal_filter(x, filters, dim):
     levels and training segments' time axis) are multiplied by each channel's banded Toeplitz
     matrix, one batched matrix product; longer ones are a depthwise convolution. Both compute
     the same; the matrix product is several times faster on short sequences, above all in
-    backward, where the CPU depthwise convolution's weight gradient is slow.
+    backward, where the CPU depthwise convolution's weight gradient is slow. ``matrix_filter=False``
+    always convolves (the fused inference module: on channels-last maps the matrix product
+    would need copies).
 
     Example
     -------
@@ -135,7 +137,7 @@ def causal_filter(x, filters, dim):
     """
     channels, order = filters.shape
     length = x.shape[dim]
-    if length <= MATRIX_FILTER_FACTOR * order:
+    if matrix_filter and length <= MATRIX_FILTER_FACTOR * order:
         # toeplitz[c, i, j] = filters[c, j - i + K - 1] for i - K < j <= i, else 0 (slot K).
         lag = torch.arange(length, device=x.device)[None, :] - torch.arange(length, device=x.device)[:, None]
         lag = lag + order - 1

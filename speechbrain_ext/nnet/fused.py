@@ -278,7 +278,7 @@ class FusedComplexFSMN(nn.Module):
         return super().train(False)
 
     def _block(self, x):
-        return self.original._combine(x, _memory_residual(x, [self.real, self.imag], parts=2))
+        return self.original._combine(x, _memory_residual(x, [self.real, self.imag], parts=2, matrix_filter=False))
 
     def forward(self, x):
         """``x`` [B, 2C, F, T] -> [B, 2C, F, T], as the unfused block."""
