@@ -288,16 +288,6 @@ class FRCRN(nn.Module):
 
     Arguments
     ---------
-    complex : bool
-        Must be True (the real-valued variant of the reference does not run at depth 14).
-    model_complexity : int
-        Accepted for compatibility; it has no effect at depth 14.
-    model_depth : int
-        Must be 14: the only depth at which the reference model runs.
-    log_amp : bool
-        Accepted for compatibility; the official model does not use it.
-    padding_mode : str
-        Padding of the encoder convolutions (``'zeros'`` officially).
     win_len, win_inc, fft_len : int
         STFT framing (640 / 320 / 640 officially: 40 ms frames, 20 ms hop at 16 kHz). The UNet
         is built for ``fft_len = 640`` (321 frequency bins).
@@ -305,10 +295,16 @@ class FRCRN(nn.Module):
         STFT window; ``'hanning'`` (the official configuration's spelling) means ``'hann'``.
     channels, fsmn_hidden, fsmn_order, se_reduction : int
         Width of the UNets; see :class:`FrequencyRecurrentUNet`.
+    padding_mode : str
+        Padding of the encoder convolutions (``'zeros'`` officially).
     causal : bool
         Build the causal variant (see the module docstring): enhanced sample ``s`` depends on
         input samples before ``(s // win_inc) * win_inc + win_len`` only. Same parameters as the
         non-causal model; needs ``padding_mode='zeros'``.
+    complex, model_complexity, model_depth, log_amp
+        Official configuration keys, accepted so that a ``configuration.json`` builds the
+        model: ``complex`` must be True and ``model_depth`` 14 (the only configuration in which
+        the reference runs), ``log_amp`` False; ``model_complexity`` has no effect at depth 14.
 
     Example
     -------
@@ -331,21 +327,13 @@ class FRCRN(nn.Module):
 
     def __init__(
         self,
-        complex=True,
-        model_complexity=45,
-        model_depth=14,
-        log_amp=False,
-        padding_mode="zeros",
-        win_len=640,
-        win_inc=320,
-        fft_len=640,
-        win_type="hann",
-        channels=128,
-        fsmn_hidden=128,
-        fsmn_order=20,
-        se_reduction=8,
-        causal=False,
-    ):
+        # STFT framing
+        win_len=640, win_inc=320, fft_len=640, win_type="hann",
+        # the two UNets
+        channels=128, fsmn_hidden=128, fsmn_order=20, se_reduction=8, padding_mode="zeros", causal=False,
+        # official configuration keys with one value that runs (checked here)
+        complex=True, model_complexity=45, model_depth=14, log_amp=False,
+    ):  # fmt: skip
         super().__init__()
         if not complex or model_depth != 14:
             raise ValueError(

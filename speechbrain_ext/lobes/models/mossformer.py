@@ -555,26 +555,26 @@ class MossFormerMaskNet(nn.Module):
         Channels N of the encoder output (and of the masks).
     out_channels : int
         Channels inside the network (the model dimension of the blocks).
+    num_spks : int
+        Number of speakers (masks).
     num_blocks : int
         Number of MossFormer blocks.
     d_model : int, optional
         Model dimension of the blocks; must equal ``out_channels`` (default).
-    attn_dropout : float
-        Dropout inside the blocks.
     group_size : int
         Frames per group of the local attention.
     query_key_dim : int
         Channels of queries and keys.
     expansion_factor : float
         Width of the value/gate projection relative to ``d_model``.
+    attn_dropout : float
+        Dropout inside the blocks.
     causal : bool
         If True, the attention never looks ahead.
     norm : str
         Normalisation of the input and of the block-stack output: ``"ln"`` (GroupNorm with
         one group), ``"gln"``, ``"cln"`` or anything else for BatchNorm, as
         :func:`speechbrain.lobes.models.dual_path.select_norm`; None skips the latter.
-    num_spks : int
-        Number of speakers (masks).
     skip_connection : bool
         Add the block-stack input to its output.
     use_global_pos_enc : bool
@@ -591,20 +591,13 @@ class MossFormerMaskNet(nn.Module):
 
     def __init__(
         self,
-        in_channels=512,
-        out_channels=512,
-        num_blocks=24,
-        d_model=None,
-        attn_dropout=0.1,
-        group_size=256,
-        query_key_dim=128,
-        expansion_factor=4.0,
-        causal=False,
-        norm="ln",
-        num_spks=2,
-        skip_connection=True,
-        use_global_pos_enc=True,
-    ):
+        in_channels=512, out_channels=512, num_spks=2,
+        # the block stack
+        num_blocks=24, d_model=None, group_size=256, query_key_dim=128, expansion_factor=4.0,
+        attn_dropout=0.1, causal=False,
+        # around it
+        norm="ln", skip_connection=True, use_global_pos_enc=True,
+    ):  # fmt: skip
         super().__init__()
         if d_model is not None and d_model != out_channels:
             raise ValueError(
@@ -690,34 +683,24 @@ class MossFormer(nn.Module):
 
     Arguments
     ---------
-    num_spks : int
-        Number of speakers to separate.
     kernel_size : int
         Filter length of encoder and decoder, in samples.
+    stride : int
+        Decoder hop, in samples.
     in_channels : int
         Channels N of the encoded mixture as seen by masknet and decoder.
     out_channels : int
         Channels of the encoder output and inside the masknet.
-    stride : int
-        Decoder hop, in samples.
     bias : bool
         Whether the decoder has a bias.
+    num_spks : int
+        Number of speakers to separate.
     num_blocks : int
         Number of MossFormer blocks.
     d_model : int
         Model dimension of the blocks (equal to ``out_channels``).
-    attn_dropout : float
-        Dropout inside the blocks.
-    group_size : int
-        Frames per group of the local attention.
-    query_key_dim : int
-        Channels of queries and keys.
-    expansion_factor : float
-        Width of the value/gate projection relative to ``d_model``.
-    causal : bool
-        If True, the attention never looks ahead.
-    norm : str
-        Normalisation type of the masknet (see :class:`MossFormerMaskNet`).
+    group_size, query_key_dim, expansion_factor, attn_dropout, causal, norm
+        The masknet's (see :class:`MossFormerMaskNet`).
 
     Example
     -------
@@ -731,43 +714,21 @@ class MossFormer(nn.Module):
 
     def __init__(
         self,
-        num_spks=2,
-        kernel_size=16,
-        in_channels=512,
-        out_channels=512,
-        stride=8,
-        bias=False,
-        num_blocks=24,
-        d_model=512,
-        attn_dropout=0.1,
-        group_size=256,
-        query_key_dim=128,
-        expansion_factor=4.0,
-        causal=False,
-        norm="ln",
-    ):
+        # the waveform <-> frames convolutions
+        kernel_size=16, stride=8, in_channels=512, out_channels=512, bias=False,
+        # the masknet
+        num_spks=2, num_blocks=24, d_model=512, group_size=256, query_key_dim=128,
+        expansion_factor=4.0, attn_dropout=0.1, causal=False, norm="ln",
+    ):  # fmt: skip
         super().__init__()
         self.encoder = MossFormerEncoder(kernel_size=kernel_size, out_channels=out_channels)
         self.masknet = MossFormerMaskNet(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            num_blocks=num_blocks,
-            d_model=d_model,
-            attn_dropout=attn_dropout,
-            group_size=group_size,
-            query_key_dim=query_key_dim,
-            expansion_factor=expansion_factor,
-            causal=causal,
-            norm=norm,
-            num_spks=num_spks,
-        )
-        self.decoder = MossFormerDecoder(
-            in_channels=in_channels,
-            out_channels=1,
-            kernel_size=kernel_size,
-            stride=stride,
-            bias=bias,
-        )
+            in_channels, out_channels, num_spks=num_spks, num_blocks=num_blocks, d_model=d_model,
+            group_size=group_size, query_key_dim=query_key_dim, expansion_factor=expansion_factor,
+            attn_dropout=attn_dropout, causal=causal, norm=norm,
+        )  # fmt: skip
+        # One output channel: the decoder turns each masked representation into a waveform.
+        self.decoder = MossFormerDecoder(in_channels, out_channels=1, kernel_size=kernel_size, stride=stride, bias=bias)
 
     @classmethod
     def from_modules(cls, encoder, masknet, decoder):
