@@ -61,10 +61,15 @@ def in_time_pieces(block, x, overlap=0):
     step = max(1, PIECE_ELEMENTS // (x.shape[0] * x.shape[1] * x.shape[2]))
     if frames <= step + overlap:
         return block(x)
-    out_frames, out = frames - overlap, None
+    out_frames, out, buffer = frames - overlap, None, None
     for start in range(0, out_frames, step):
         stop = min(start + step, out_frames)
-        piece = block(x[..., start : stop + overlap].contiguous(memory_format=torch.channels_last))
+        window = x[..., start : stop + overlap]
+        # One buffer for every whole piece: a fresh piece-sized allocation each time would
+        # come back as new pages (page faults cost more than the copy itself).
+        if buffer is None or buffer.shape != window.shape:
+            buffer = torch.empty_like(window, memory_format=torch.channels_last)
+        piece = block(buffer.copy_(window))
         if out is None:
             shape = (*piece.shape[:-1], out_frames)
             out = torch.empty(shape, dtype=piece.dtype, device=piece.device, memory_format=torch.channels_last)

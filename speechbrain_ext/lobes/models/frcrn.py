@@ -23,6 +23,7 @@ utterance, and the FSMN memories, already left-context only, are unchanged.
 Authors: speechbrain-ext contributors
 """
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speechbrain_ext.evaluation import metrics
+from speechbrain_ext.memory import recycled_memory
 from speechbrain_ext.nnet.complex import (
     ComplexBatchNorm2d,
     ComplexConv2d,
@@ -366,6 +368,9 @@ class FRCRN(nn.Module):
         )
         self.stage1 = FrequencyRecurrentUNet(**unet_kwargs)
         self.stage2 = FrequencyRecurrentUNet(**unet_kwargs)
+        #: Whether :meth:`forward` runs in :func:`speechbrain_ext.memory.recycled_memory` (set
+        #: by fuse_for_inference: its maps of up to hundreds of MB per layer then reuse pages).
+        self.recycles_memory = False
 
     def fuse_for_inference(self):
         """Swap in the fused inference kernels (:mod:`speechbrain_ext.nnet.fused`); returns self.
@@ -373,7 +378,8 @@ class FRCRN(nn.Module):
         Every convolution block becomes a :class:`~speechbrain_ext.nnet.fused.FusedComplexConvBlock`
         (batch norm folded in from the current weights and running statistics, faster routes)
         and every complex FSMN a :class:`~speechbrain_ext.nnet.fused.FusedComplexFSMN`:
-        the same function, about twice as fast on CPU, and the same state dict. For inference:
+        the same function, about twice as fast on CPU, and the same state dict; :meth:`forward`
+        then runs in :func:`speechbrain_ext.memory.recycled_memory`. For inference:
         the model is put in eval mode and ``train()`` then refuses; fuse again after changing
         the weights. ``EnhanceFRCRN`` fuses the models it loads.
 
@@ -388,6 +394,7 @@ class FRCRN(nn.Module):
         (True, True)
         """
         self.eval()
+        self.recycles_memory = True
         for unet in (self.stage1, self.stage2):
             unet.memory_format = torch.channels_last  # what the fused kernels are tuned for
         for module in list(self.modules()):
@@ -449,8 +456,9 @@ class FRCRN(nn.Module):
         every sample back.
         """
         self._check_input(noisy)
-        spec = self.stft(noisy)
-        enhanced = self._apply_mask(spec, self.estimate_masks(spec)[1]).wav  # stage 1's is not needed
+        with recycled_memory() if self.recycles_memory else contextlib.nullcontext():
+            spec = self.stft(noisy)
+            enhanced = self._apply_mask(spec, self.estimate_masks(spec)[1]).wav  # stage 1's is not needed
         return F.pad(enhanced, (0, noisy.shape[-1] - enhanced.shape[-1]))
 
 

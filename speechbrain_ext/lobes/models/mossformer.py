@@ -21,6 +21,7 @@ Authors
  * speechbrain-ext contributors
 """
 
+import contextlib
 import math
 
 import torch
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from speechbrain.lobes.models.dual_path import Decoder, Encoder, select_norm
 
 from speechbrain_ext.lobes.models.masking import encode_mask_decode
+from speechbrain_ext.memory import recycled_memory
 
 # Kernel of the depthwise convolutions inside every projection of a MossFormer block.
 CONV_KERNEL_SIZE = 17
@@ -630,10 +632,12 @@ class MossFormerMaskNet(nn.Module):
         self.mask_value = nn.Conv1d(out_channels, out_channels, 1)
         self.mask_gate = nn.Conv1d(out_channels, out_channels, 1)
         self.mask_proj = nn.Conv1d(out_channels, in_channels, 1, bias=False)
+        self.recycles_memory = False  # see fuse_for_inference
 
     def fuse_for_inference(self):
-        """Inference only: the blocks gate in place (no new tensors; autograd must be off).
-        Puts the masknet in eval mode; ``train()`` undoes it. Returns self.
+        """Inference only: the blocks gate in place (no new tensors; autograd must be off) and
+        :meth:`forward` runs in :func:`speechbrain_ext.memory.recycled_memory`. Puts the
+        masknet in eval mode; ``train()`` undoes it. Returns self.
 
         Example
         -------
@@ -646,12 +650,22 @@ class MossFormerMaskNet(nn.Module):
         True
         """
         self.eval()
+        self.recycles_memory = True
         for block in self.blocks:
             block.inplace_gating = True
         return self
 
+    def train(self, mode=True):
+        if mode:
+            self.recycles_memory = False
+        return super().train(mode)
+
     def forward(self, x):
         """Returns the masks [num_spks, B, N, L] for the encoded mixture ``x`` [B, N, L]."""
+        with recycled_memory() if self.recycles_memory else contextlib.nullcontext():
+            return self._masks(x)
+
+    def _masks(self, x):
         batch, _, frames = x.shape
         x = self.bottleneck(self.input_norm(x))
         if self.pos_encoding is not None:
