@@ -4,13 +4,13 @@ PyTorch's CPU tensors come from ``malloc``. glibc serves every block above its m
 (at most 32 MB) with fresh pages from the kernel and returns them on ``free``; below it, it
 trims the top of the heap as soon as more than twice that is free. FRCRN's and MossFormer's
 inference passes allocate and free maps of tens to hundreds of MB per layer, so nearly every
-layer's output is first-touched page by page: on a 2-core VM, a 10 s FRCRN pass took 1.9
-million page faults and about a third of its wall time in the kernel.
+layer's output is first-touched page by page: on a 2-core VM, a 10 s FRCRN pass (5.4-6.1 s)
+took 0.65-0.74 million page faults and 1.3-1.9 s of system time.
 
 :func:`recycled_memory` keeps freed memory in the process for the duration of a pass (no mmap
 for large blocks, no trimming), so the next layer reuses the pages the last one freed, and
-gives what is left back to the system afterwards (``malloc_trim``). It is what
-``FRCRN.forward`` and ``MossFormer``'s separation run around a fused (inference) pass.
+gives what is left back to the system afterwards (``malloc_trim``). ``FRCRN.forward`` and
+``MossFormerMaskNet.forward`` run in it after ``fuse_for_inference()``.
 
 Outside glibc (macOS, musl) it does nothing. It does nothing either when the process already
 chose its allocator settings (any ``MALLOC_*`` environment variable, e.g.
@@ -55,8 +55,13 @@ def _glibc():
 
 
 @contextlib.contextmanager
-def recycled_memory():
+def recycled_memory(enabled=True):
     """Keep freed memory for reuse inside the block; give the rest back to the system after.
+
+    Arguments
+    ---------
+    enabled : bool
+        False: an empty context (what a model that is not fused for inference runs in).
 
     Example
     -------
@@ -67,7 +72,7 @@ def recycled_memory():
     3.0
     """
     global _active
-    libc = _glibc()
+    libc = _glibc() if enabled else None
     if libc is None:
         yield
         return

@@ -23,7 +23,6 @@ utterance, and the FSMN memories, already left-context only, are unchanged.
 Authors: speechbrain-ext contributors
 """
 
-import contextlib
 from typing import NamedTuple
 
 import torch
@@ -456,7 +455,7 @@ class FRCRN(nn.Module):
         every sample back.
         """
         self._check_input(noisy)
-        with recycled_memory() if self.recycles_memory else contextlib.nullcontext():
+        with recycled_memory(self.recycles_memory):
             spec = self.stft(noisy)
             enhanced = self._apply_mask(spec, self.estimate_masks(spec)[1]).wav  # stage 1's is not needed
         return F.pad(enhanced, (0, noisy.shape[-1] - enhanced.shape[-1]))

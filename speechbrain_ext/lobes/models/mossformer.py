@@ -21,7 +21,6 @@ Authors
  * speechbrain-ext contributors
 """
 
-import contextlib
 import math
 
 import torch
@@ -662,7 +661,7 @@ class MossFormerMaskNet(nn.Module):
 
     def forward(self, x):
         """Returns the masks [num_spks, B, N, L] for the encoded mixture ``x`` [B, N, L]."""
-        with recycled_memory() if self.recycles_memory else contextlib.nullcontext():
+        with recycled_memory(self.recycles_memory):
             return self._masks(x)
 
     def _masks(self, x):
