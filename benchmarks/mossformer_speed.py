@@ -1,14 +1,16 @@
-"""Speed and memory of our MossFormer against the reference (ModelScope) implementation.
+"""Speed and memory of our MossFormer / MossFormer2 against the reference implementations.
 
-Both run the official architecture (24 blocks, 512 channels) with the same random weights on
-the same 8 kHz noise, on CPU with 2 threads under ``torch.inference_mode()``. Every
-(implementation, duration) pair runs in its own subprocess, so that its peak resident memory
-(``getrusage`` high-water mark) is its own. Prints a markdown table.
+The reference of MossFormer is ModelScope's, of MossFormer2 ClearerVoice-Studio's. Both run the
+official architecture (24 blocks, 512 channels) with the same random weights on the same noise
+(8 kHz for MossFormer, 16 kHz for MossFormer2), on CPU with 2 threads under
+``torch.inference_mode()``. Every (implementation, duration) pair runs in its own subprocess, so
+that its peak resident memory (``getrusage`` high-water mark) is its own. Prints a markdown table.
 
 Usage::
 
-    python benchmarks/mossformer_speed.py                  # 10 s and 60 s
+    python benchmarks/mossformer_speed.py                  # MossFormer, 10 s and 60 s
     python benchmarks/mossformer_speed.py --seconds 10 --repeats 3 --output table.md
+    python benchmarks/mossformer_speed.py --model mossformer2 --seconds 3 10
 
 Each (implementation, duration) pair runs ``--repeats`` times, alternating the two
 implementations; the fastest run of each is reported.
@@ -27,8 +29,8 @@ import time
 
 import torch
 
-SAMPLE_RATE = 8000
 THREADS = 2
+SAMPLE_RATES = {"mossformer": 8000, "mossformer2": 16000}
 OFFICIAL = dict(
     num_spks=2, kernel_size=16, in_channels=512, out_channels=512, stride=8, bias=False,
     num_blocks=24, d_model=512, attn_dropout=0.1, group_size=256, query_key_dim=128,
@@ -37,8 +39,16 @@ OFFICIAL = dict(
 IMPLEMENTATIONS = ("ours", "reference")
 
 
-def write_random_official_checkpoint(directory, seed=0):
-    """Saves a reference MossFormer with random weights as encoder/masknet/decoder.bin."""
+def write_random_official_checkpoint(model_name, directory, seed=0):
+    """Saves a reference model with random weights in its official layout: MossFormer as
+    encoder/masknet/decoder.bin, MossFormer2 as ClearerVoice-Studio's {'model': state dict}."""
+    if model_name == "mossformer2":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+        from conftest import make_reference_mossformer2
+
+        torch.save({"model": make_reference_mossformer2(dim=512, num_blocks=24, seed=seed).state_dict()},
+                   os.path.join(directory, "mossformer2.pt"))
+        return
     from modelscope.models.audio.separation.mossformer import MossFormer as ReferenceMossFormer
 
     torch.manual_seed(seed)
@@ -51,7 +61,33 @@ def write_random_official_checkpoint(directory, seed=0):
         torch.save(module.state_dict(), os.path.join(directory, f"{filename}.bin"))
 
 
-def load_model(implementation, directory):
+class _ListToTensor(torch.nn.Module):
+    """The reference MossFormer2, returning [B, T, spks] like ours (its own output is a list)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mix):
+        return torch.stack(self.model(mix), dim=-1)
+
+
+def load_model(model_name, implementation, directory):
+    if model_name == "mossformer2":
+        checkpoint = os.path.join(directory, "mossformer2.pt")
+        if implementation == "ours":
+            from speechbrain_ext.convert import mossformer2_from_official
+
+            return mossformer2_from_official(checkpoint).fuse_for_inference()  # as SeparateMossFormer
+        import argparse as _argparse
+
+        from clearvoice.models.mossformer2_ss.mossformer2 import MossFormer2_SS_16K
+
+        args = _argparse.Namespace(num_spks=2, encoder_kernel_size=16, encoder_embedding_dim=512,
+                                   mossformer_sequence_dim=512, num_mossformer_layer=24)
+        model = MossFormer2_SS_16K(args).model
+        model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        return _ListToTensor(model).eval()
     if implementation == "ours":
         from speechbrain_ext.convert import mossformer_from_official
 
@@ -68,14 +104,15 @@ def current_rss_bytes():
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_worker(implementation, directory, seconds, result_path):
+def run_worker(model_name, implementation, directory, seconds, result_path):
     """Times one forward pass of one implementation; saves its output and statistics."""
     torch.set_num_threads(THREADS)
-    model = load_model(implementation, directory)
+    model = load_model(model_name, implementation, directory)
+    rate = SAMPLE_RATES[model_name]
     generator = torch.Generator().manual_seed(1234)
-    mix = 0.1 * torch.randn(1, int(seconds * SAMPLE_RATE), generator=generator)
+    mix = 0.1 * torch.randn(1, int(seconds * rate), generator=generator)
     with torch.inference_mode():
-        model(mix[:, :SAMPLE_RATE])  # warm-up on 1 s
+        model(mix[:, :rate])  # warm-up on 1 s
         rss_before = current_rss_bytes()
         start, cpu_start = time.perf_counter(), time.process_time()
         output = model(mix)
@@ -86,11 +123,11 @@ def run_worker(implementation, directory, seconds, result_path):
         json.dump({"seconds": wall, "cpu_seconds": cpu, "peak_rss": peak, "rss_before": rss_before}, file)
 
 
-def run_case(implementation, directory, seconds, workdir):
+def run_case(model_name, implementation, directory, seconds, workdir):
     """Runs one worker subprocess; returns its statistics and output."""
     result = os.path.join(workdir, f"{implementation}_{seconds:g}s")
     subprocess.run(
-        [sys.executable, __file__, "--worker", implementation, "--weights", directory,
+        [sys.executable, __file__, "--model", model_name, "--worker", implementation, "--weights", directory,
          "--seconds", str(seconds), "--result", result],
         check=True,
     )
@@ -110,6 +147,7 @@ def si_snr_db(estimate, target):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(SAMPLE_RATES), default="mossformer")
     parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0])
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs per case (the fastest counts)")
     parser.add_argument("--output", help="also write the markdown table to this file")
@@ -119,11 +157,11 @@ def main():
     args = parser.parse_args()
 
     if args.worker:
-        run_worker(args.worker, args.weights, args.seconds[0], args.result)
+        run_worker(args.model, args.worker, args.weights, args.seconds[0], args.result)
         return
 
     with tempfile.TemporaryDirectory() as workdir:
-        write_random_official_checkpoint(workdir)
+        write_random_official_checkpoint(args.model, workdir)
         rows = [
             "| audio | implementation | wall time (s) | real-time factor | time vs reference | CPU time (s) "
             "| peak RSS (GiB) | RSS growth in forward (GiB) | SI-SNR vs reference (dB) | max abs diff |",
@@ -135,7 +173,7 @@ def main():
             # of load from other processes does not favour one of them.
             for _ in range(args.repeats):
                 for implementation in IMPLEMENTATIONS:
-                    run, outputs[implementation] = run_case(implementation, workdir, seconds, workdir)
+                    run, outputs[implementation] = run_case(args.model, implementation, workdir, seconds, workdir)
                     print(f"{seconds:g} s, {implementation}: {run['seconds']:.2f} s", file=sys.stderr)
                     if implementation not in stats or run["seconds"] < stats[implementation]["seconds"]:
                         stats[implementation] = run
@@ -156,7 +194,8 @@ def main():
 
     table = "\n".join(rows)
     header = (
-        f"MossFormer, official size, random weights, CPU, torch {torch.__version__}, "
+        f"{'MossFormer2 (16 kHz)' if args.model == 'mossformer2' else 'MossFormer (8 kHz)'}, official size, "
+        f"random weights, CPU, torch {torch.__version__}, "
         f"{THREADS} threads, inference_mode, fastest of {args.repeats} run(s); "
         f"load average at the end: {os.getloadavg()[0]:.2f}\n\n"
     )

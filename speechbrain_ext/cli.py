@@ -21,10 +21,10 @@ LAYOUT_NAMES = {"speechbrain": "SpeechBrain", "modelscope": "ModelScope", "clear
 MAX_LISTED = 20
 
 
-def _interface(task):
-    from speechbrain_ext.inference import EnhanceFRCRN, SeparateMossFormer
+def _interface(task, source):
+    from speechbrain_ext.inference import SeparateMossFormer, enhancer_for
 
-    return EnhanceFRCRN if task == "enhancement" else SeparateMossFormer
+    return enhancer_for(source) if task == "enhancement" else SeparateMossFormer
 
 
 def _first_line(error):
@@ -37,7 +37,7 @@ def _load_model(task, args):
     source = args.model or DEFAULT_MODELS[task]
     run_opts = {"device": args.device} if getattr(args, "device", None) else None
     try:
-        return _interface(task).from_hparams(source=source, revision=args.revision, run_opts=run_opts)
+        return _interface(task, source).from_hparams(source=source, revision=args.revision, run_opts=run_opts)
     except Exception as error:  # any loading failure (ours, SpeechBrain's, torch's): one line
         raise SystemExit(f"speechbrain-ext: cannot load model {source!r}: {_first_line(error)}") from None
 
@@ -343,7 +343,8 @@ def build_parser():
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="speechbrain-ext",
-        description="FRCRN speech enhancement and MossFormer speech separation for SpeechBrain.",
+        description="FRCRN / MossFormer2 speech enhancement and MossFormer / MossFormer2 speech separation for "
+        "SpeechBrain.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {speechbrain_ext.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -352,14 +353,15 @@ def build_parser():
     demo.add_argument("-o", "--output-dir", default="demo_output", help="where to write (default: demo_output)")
     demo.set_defaults(run=_run_demo)
 
-    enhance = commands.add_parser("enhance", help="remove noise from speech files with FRCRN (16 kHz)")
+    enhance = commands.add_parser("enhance", help="remove noise from speech files with FRCRN (16 kHz) or MossFormer2 "
+                                  "(48 kHz)")
     _add_processing_arguments(enhance, "enhancement")
     enhance.add_argument("--stream", action="store_true",
                          help="process block by block as a live input would be (needs a causal model, 40 ms latency)")
     enhance.add_argument("--block-size", type=_positive_int, default=320, help="samples per block with --stream (default: 320)")
     enhance.set_defaults(run=_run_enhance)
 
-    separate = commands.add_parser("separate", help="separate two speakers with MossFormer (8 kHz)")
+    separate = commands.add_parser("separate", help="separate two speakers with MossFormer (8 kHz) or MossFormer2 (16 kHz)")
     _add_processing_arguments(separate, "separation")
     separate.set_defaults(run=_run_separate)
 
@@ -368,7 +370,8 @@ def build_parser():
     convert.add_argument("-o", "--output-dir", required=True, help="a new folder to write the model to")
     convert.add_argument("--to", choices=sorted(LAYOUT_NAMES), default="speechbrain",
                          help="the layout: speechbrain (hyperparams.yaml + *.ckpt, default), modelscope (loads in "
-                         "ModelScope's pipeline), clearervoice (loads in ClearVoice; FRCRN only)")
+                         "ModelScope's pipeline; FRCRN and MossFormer), clearervoice (loads in ClearVoice; FRCRN and "
+                         "the MossFormer2 models)")
     _add_model_arguments(convert, " or ".join(f"{m} ({t})" for t, m in DEFAULT_MODELS.items()))
     convert.set_defaults(run=_run_convert)
 

@@ -1,4 +1,4 @@
-"""Convert between the official FRCRN / MossFormer checkpoints and speechbrain-ext models.
+"""Convert between the official FRCRN / MossFormer / MossFormer2 checkpoints and speechbrain-ext models.
 
 The official checkpoints (ModelScope, ClearerVoice-Studio) name tensors after the reference
 code's module tree. Our modules are organised differently, so each model has a name map
@@ -10,11 +10,17 @@ forward pass uses must be consumed and every parameter/buffer of ours filled, ot
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
 from speechbrain_ext.errors import SpeechBrainExtError
 from speechbrain_ext.nnet.stft import analysis_basis
+
+
+#: The checkpoint file name in the ClearerVoice-Studio folders we write (``last_best_checkpoint``
+#: names it).
+CLEARERVOICE_CHECKPOINT = "model.pt"
 
 
 class CheckpointMismatchError(SpeechBrainExtError, ValueError):
@@ -208,6 +214,20 @@ def frcrn_from_official(checkpoint, **model_kwargs):
     return load_frcrn_official(FRCRN(**model_kwargs), checkpoint)
 
 
+def named_checkpoint(folder):
+    """The checkpoint a ClearerVoice-Studio folder's ``last_best_checkpoint`` names, or None
+    when the folder has no such file."""
+    pointer = os.path.join(folder, "last_best_checkpoint")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer, encoding="utf-8") as stream:
+        name = stream.readline().strip()
+    path = os.path.join(folder, name)
+    if not name or not os.path.isfile(path):
+        raise CheckpointMismatchError(f"{pointer} names {name!r}, which is not in {folder}")
+    return path
+
+
 def find_frcrn_checkpoint(folder):
     """The official FRCRN checkpoint file in a downloaded folder.
 
@@ -217,17 +237,12 @@ def find_frcrn_checkpoint(folder):
     modelscope_file = os.path.join(folder, "pytorch_model.bin")
     if os.path.isfile(modelscope_file):
         return modelscope_file
-    pointer = os.path.join(folder, "last_best_checkpoint")
-    if os.path.isfile(pointer):
-        with open(pointer, encoding="utf-8") as stream:
-            name = stream.readline().strip()
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            raise CheckpointMismatchError(f"{pointer} names {name!r}, which is not in {folder}")
-        return path
-    raise CheckpointMismatchError(
-        f"{folder} holds no official FRCRN checkpoint (pytorch_model.bin or last_best_checkpoint)"
-    )
+    path = named_checkpoint(folder)
+    if path is None:
+        raise CheckpointMismatchError(
+            f"{folder} holds no official FRCRN checkpoint (pytorch_model.bin or last_best_checkpoint)"
+        )
+    return path
 
 
 def load_frcrn_official(model, checkpoint):
@@ -342,31 +357,43 @@ def frcrn_to_official(model):
 # The official release stores three state dicts, one per module of the separator.
 _MOSSFORMER_PARTS = ("encoder", "masknet", "decoder")
 # Prefixes of the same three in one merged state dict (the reference's ``MossFormer``
-# registers the masknet as ``mask_net``).
-_MOSSFORMER_MERGED_PREFIXES = {"encoder.": "encoder", "masknet.": "masknet", "mask_net.": "masknet", "decoder.": "decoder"}
+# registers them as ``enc``, ``mask_net`` and ``dec`` in ClearerVoice-Studio's MossFormer2).
+_MOSSFORMER_MERGED_PREFIXES = {
+    "encoder.": "encoder", "enc.": "encoder",
+    "masknet.": "masknet", "mask_net.": "masknet",
+    "decoder.": "decoder", "dec.": "decoder",
+}  # fmt: skip
 
-_MOSSFORMER_BLOCK = "mdl.att_mdl.mossformerM.layers.{i}."
-# (official masknet.bin name, our MossFormerMaskNet name): "{i}" is a block index; a name ending
-# in "." is a prefix, the rest of the tensor name (weight, bias) carries over unchanged.
-_MOSSFORMER_MASKNET_NAMES = [
-    ("norm.", "input_norm."),
-    ("conv1d_encoder.", "bottleneck."),
-    ("pos_enc.", "pos_encoding."),
-    ("mdl.att_mdl.norm.norm.", "blocks_norm."),
-    ("mdl.att_norm.", "post_norm."),
-    ("prelu.", "prelu."),
-    ("conv1d_out.", "speaker_split."),
-    ("output.0.", "mask_value."),
-    ("output_gate.0.", "mask_gate."),
-    ("conv1_decoder.", "mask_proj."),
-    (_MOSSFORMER_BLOCK + "qk_offset_scale.gamma", "blocks.{i}.qk_gain"),
-    (_MOSSFORMER_BLOCK + "qk_offset_scale.beta", "blocks.{i}.qk_bias"),
-    *(
-        (f"{_MOSSFORMER_BLOCK}{projection}.mdl.{official}", f"blocks.{{i}}.{projection}.{ours}")
-        for projection in ("to_hidden", "to_qk", "to_out")
-        for official, ours in (("0.g", "gain"), ("1.", "linear."), ("3.sequential.1.conv.", "conv."))
-    ),
-]
+
+def _masknet_names(stack, blocks_norm, post_norm):
+    """(official masknet name, our MossFormerMaskNet name) pairs; ``stack`` is the official prefix of
+    the block stack. "{i}" is a block index; a name ending in "." is a prefix, the rest of the
+    tensor name (weight, bias) carries over unchanged."""
+    block = stack + "mossformerM.layers.{i}."
+    return [
+        ("norm.", "input_norm."),
+        ("conv1d_encoder.", "bottleneck."),
+        ("pos_enc.", "pos_encoding."),
+        (blocks_norm, "blocks_norm."),
+        (post_norm, "post_norm."),
+        ("prelu.", "prelu."),
+        ("conv1d_out.", "speaker_split."),
+        ("output.0.", "mask_value."),
+        ("output_gate.0.", "mask_gate."),
+        ("conv1_decoder.", "mask_proj."),
+        (block + "qk_offset_scale.gamma", "blocks.{i}.qk_gain"),
+        (block + "qk_offset_scale.beta", "blocks.{i}.qk_bias"),
+        *(
+            (f"{block}{projection}.mdl.{official}", f"blocks.{{i}}.{projection}.{ours}")
+            for projection in ("to_hidden", "to_qk", "to_out")
+            for official, ours in (("0.g", "gain"), ("1.", "linear."), ("3.sequential.1.conv.", "conv."))
+        ),
+    ]
+
+
+_MOSSFORMER_STACK = "mdl.att_mdl."
+_MOSSFORMER_BLOCK = _MOSSFORMER_STACK + "mossformerM.layers.{i}."
+_MOSSFORMER_MASKNET_NAMES = _masknet_names(_MOSSFORMER_STACK, "mdl.att_mdl.norm.norm.", "mdl.att_norm.")
 # Every official block stores the rotary frequencies, one tensor shared by all blocks; ours
 # keeps it once, as ``rotary.freqs``.
 _MOSSFORMER_ROTARY = re.compile(r"^mdl\.att_mdl\.mossformerM\.layers\.(\d+)\.rotary_pos_emb\.freqs$")
@@ -394,6 +421,11 @@ def _mossformer_rename(name, rules):
             index = match.group(1) if pattern.groups else ""
             return template.format(i=index) + name[match.end():]
     return None
+
+
+def _separator_modules(model):
+    """``{"encoder": ..., "masknet": ..., "decoder": ...}`` of a model or of a ``modules`` mapping."""
+    return {part: model[part] if isinstance(model, Mapping) else getattr(model, part) for part in _MOSSFORMER_PARTS}
 
 
 def read_official_configuration(path, model_class=None):
@@ -525,32 +557,59 @@ def mossformer_from_official(checkpoint, **model_kwargs):
 
     parts, configuration, unexpected = _official_mossformer_parts(checkpoint)
     model = MossFormer(**{**configuration, **model_kwargs})
+    return _fill_separator("MossFormer", model, parts, unexpected, _MOSSFORMER_NAMES)
+
+
+@dataclass(frozen=True)
+class _SeparatorNames:
+    """How one official separator (MossFormer, MossFormer2) names its masknet's tensors."""
+
+    to_ours: list  # rules: official masknet name -> ours
+    to_official: list  # rules: ours -> official
+    block: str  # official prefix of attention block {i}
+    rotary: re.Pattern  # official per-block copies of the rotary frequencies (group 1: block)
+    # Our tensors the official code stores with one more, trailing, dimension of size 1
+    # (1x1 convolutions where we use linear layers, 2-D convolutions over [time, 1]).
+    squeezed: re.Pattern = re.compile(r"$^")
+
+
+_MOSSFORMER_NAMES = _SeparatorNames(
+    _MOSSFORMER_TO_OURS, _MOSSFORMER_TO_OFFICIAL, _MOSSFORMER_BLOCK, _MOSSFORMER_ROTARY
+)
+
+
+def _fill_separator(model_name, model, parts, unexpected, names):
+    """``model`` (encoder / masknet / decoder) filled strictly from official ``parts``, in eval mode."""
     expected = model.state_dict()
     num_blocks = len(model.masknet.blocks)
+    rotary_name = f"masknet.{_MOSSFORMER_OUR_ROTARY}"
 
     ours, shape_errors, rotary = {}, [], {}
     for part, state in parts.items():
         for name, tensor in state.items():
-            rotary_match = _MOSSFORMER_ROTARY.match(name) if part == "masknet" else None
+            rotary_match = names.rotary.match(name) if part == "masknet" else None
             if rotary_match and int(rotary_match.group(1)) < num_blocks:
                 rotary[int(rotary_match.group(1))] = tensor
                 continue
-            our_name = _mossformer_rename(name, _MOSSFORMER_TO_OURS) if part == "masknet" else name
+            our_name = _mossformer_rename(name, names.to_ours) if part == "masknet" else name
             our_name = f"{part}.{our_name}" if our_name is not None else None
-            if our_name not in expected or our_name == f"masknet.{_MOSSFORMER_OUR_ROTARY}":
+            if our_name not in expected or our_name == rotary_name:
                 unexpected.append(f"{part}/{name}")
-            elif tensor.shape != expected[our_name].shape:
-                shape_errors.append(f"{part}/{name} {tuple(tensor.shape)} (expected {tuple(expected[our_name].shape)})")
+                continue
+            target = expected[our_name].shape
+            if names.squeezed.match(our_name) and tensor.shape == (*target, 1):
+                tensor = tensor.squeeze(-1)
+            if tensor.shape != target:
+                shape_errors.append(f"{part}/{name} {tuple(tensor.shape)} (expected {tuple(target)})")
             else:
                 ours[our_name] = tensor
 
-    rotary_name = f"masknet.{_MOSSFORMER_OUR_ROTARY}"
-    missing = [f"masknet/{_MOSSFORMER_BLOCK.format(i=i)}rotary_pos_emb.freqs" for i in range(num_blocks) if i not in rotary]
+    missing = [f"masknet/{names.block.format(i=i)}rotary_pos_emb.freqs" for i in range(num_blocks) if i not in rotary]
     if rotary:
         first = next(iter(rotary.values()))
         if any(not torch.equal(first, other) for other in rotary.values()):
             raise CheckpointMismatchError(
-                "MossFormer checkpoint stores different rotary frequencies in different blocks; "
+                f"{model_name} checkpoint stores different rotary frequencies in different blocks; "
                 "the model shares one set between all blocks"
             )
         if first.shape != expected[rotary_name].shape:
@@ -560,23 +619,44 @@ def mossformer_from_official(checkpoint, **model_kwargs):
     for our_name in expected:
         if our_name not in ours and our_name != rotary_name:
             part, name = our_name.split(".", 1)
-            official_name = _mossformer_rename(name, _MOSSFORMER_TO_OFFICIAL) if part == "masknet" else name
+            official_name = _mossformer_rename(name, names.to_official) if part == "masknet" else name
             missing.append(f"{part}/{official_name}")
 
-    _raise_if_mismatched("MossFormer", missing, unexpected, shape_errors)
+    _raise_if_mismatched(model_name, missing, unexpected, shape_errors)
     model.load_state_dict(ours, strict=True)
     return model.eval()
 
 
+def _official_separator_parts(modules, names):
+    """``{part: official state dict}`` of our ``{part: module}`` (inverse of :func:`_fill_separator`)."""
+    official = {
+        "encoder": {name: t.detach().clone() for name, t in modules["encoder"].state_dict().items()},
+        "decoder": {name: t.detach().clone() for name, t in modules["decoder"].state_dict().items()},
+        "masknet": {},
+    }
+    for name, tensor in modules["masknet"].state_dict().items():
+        tensor = tensor.detach().clone()
+        if name == _MOSSFORMER_OUR_ROTARY:
+            # One tensor written under every block's name, as the reference shares it.
+            for i in range(len(modules["masknet"].blocks)):
+                official["masknet"][f"{names.block.format(i=i)}rotary_pos_emb.freqs"] = tensor
+            continue
+        official_name = _mossformer_rename(name, names.to_official)
+        if official_name is None:
+            raise KeyError(f"no official name for masknet tensor {name!r}")
+        official["masknet"][official_name] = tensor[..., None] if names.squeezed.match(f"masknet.{name}") else tensor
+    return official
+
+
 def load_mossformer_official(model, checkpoint):
     """Fill an existing MossFormer ``model`` (or anything holding its ``encoder``, ``masknet``
-    and ``decoder``) from official weights, converted for this model's configuration; returns it.
+    and ``decoder`` as attributes or keys) from official weights, converted for this model's configuration; returns it.
 
     See :func:`mossformer_from_official` for the accepted checkpoints and the errors.
     """
     from speechbrain_ext.lobes.models.mossformer import MossFormer
 
-    parts = MossFormer.from_modules(model.encoder, model.masknet, model.decoder)
+    parts = MossFormer.from_modules(*_separator_modules(model).values())
     parts.load_state_dict(mossformer_from_official(checkpoint, **parts.config).state_dict())
     return model
 
@@ -614,24 +694,8 @@ def mossformer_to_official(model, directory=None, sample_rate=None):
     >>> official["masknet"]["mdl.att_mdl.mossformerM.layers.0.qk_offset_scale.gamma"].shape
     torch.Size([4, 128])
     """
-    modules = {part: model[part] if isinstance(model, Mapping) else getattr(model, part) for part in _MOSSFORMER_PARTS}
-    official = {
-        "encoder": {name: t.detach().clone() for name, t in modules["encoder"].state_dict().items()},
-        "decoder": {name: t.detach().clone() for name, t in modules["decoder"].state_dict().items()},
-        "masknet": {},
-    }
-    for name, tensor in modules["masknet"].state_dict().items():
-        if name == _MOSSFORMER_OUR_ROTARY:
-            # One tensor written under every block's name, as the reference shares it.
-            shared = tensor.detach().clone()
-            for i in range(len(modules["masknet"].blocks)):
-                official["masknet"][f"{_MOSSFORMER_BLOCK.format(i=i)}rotary_pos_emb.freqs"] = shared
-            continue
-        official_name = _mossformer_rename(name, _MOSSFORMER_TO_OFFICIAL)
-        if official_name is None:
-            raise KeyError(f"no official name for MossFormer masknet tensor {name!r}")
-        official["masknet"][official_name] = tensor.detach().clone()
-
+    modules = _separator_modules(model)
+    official = _official_separator_parts(modules, _MOSSFORMER_NAMES)
     if directory is not None:
         import json
 
@@ -645,3 +709,275 @@ def mossformer_to_official(model, directory=None, sample_rate=None):
             extra = {} if sample_rate is None else {"sample_rate": int(sample_rate)}
             json.dump(modelscope_configuration("separation", config, **extra), file, indent=4)
     return official
+
+
+# ----------------------------------------------------------------------------------------------
+# MossFormer2 separation (ClearerVoice-Studio's MossFormer2_SS_16K)
+# ----------------------------------------------------------------------------------------------
+
+_MOSSFORMER2_STACK = "mdl.intra_mdl."
+_MOSSFORMER2_BLOCK = _MOSSFORMER2_STACK + "mossformerM.layers.{i}."
+_MOSSFORMER2_RECURRENCE = _MOSSFORMER2_STACK + "mossformerM.fsmn.{i}."
+_MOSSFORMER2_ROTARY = re.compile(r"^mdl\.intra_mdl\.mossformerM\.layers\.(\d+)\.rotary_pos_emb\.freqs$")
+
+
+def _mossformer2_names(memory_depth, memory="dense"):
+    """The MossFormer2 masknet's names: MossFormer's, under another prefix, and the recurrent
+    modules' (whose ``"dense"`` memory has ``memory_depth`` layers; the ``"plain"`` one is a
+    single convolution)."""
+    if memory == "plain":
+        memory_names = [("gated_fsmn.fsmn.conv1.", "memory.conv.")]
+    else:
+        memory_names = [
+            (f"gated_fsmn.fsmn.conv.{official}{k + 1}.", f"memory.{ours}.{k}.")
+            for k in range(memory_depth)
+            for official, ours in (("conv", "convs"), ("norm", "norms"), ("prelu", "activations"))
+        ]
+    recurrence = [
+        ("conv1.0.", "input_proj."),
+        ("conv1.1.", "input_activation."),
+        ("norm1.", "input_norm."),
+        *(
+            (f"gated_fsmn.{branch}.mdl.{official}", f"{ours}.{our_part}")
+            for branch, ours in (("to_u", "to_memory"), ("to_v", "to_gate"))
+            for official, our_part in (("0.", "layer_norm."), ("1.", "linear."), ("3.sequential.1.conv.", "conv."))
+        ),
+        ("gated_fsmn.fsmn.linear.", "memory_hidden."),
+        ("gated_fsmn.fsmn.project.", "memory_project."),
+        *memory_names,
+        ("norm2.", "output_norm."),
+        ("conv2.", "output_proj."),
+    ]
+    pairs = _masknet_names(_MOSSFORMER2_STACK, "mdl.intra_mdl.norm.", "mdl.intra_norm.")
+    pairs += [(_MOSSFORMER2_RECURRENCE + official, "recurrences.{i}." + ours) for official, ours in recurrence]
+    return _SeparatorNames(
+        _mossformer_name_rules(pairs),
+        _mossformer_name_rules((ours, official) for official, ours in pairs),
+        _MOSSFORMER2_BLOCK,
+        _MOSSFORMER2_ROTARY,
+        # 1x1 Conv1d there, Linear here; Conv2d over [time, 1] there, Conv1d here.
+        squeezed=re.compile(r"^masknet\.recurrences\.\d+\.(input_proj|output_proj|memory\.convs\.\d+|memory\.conv)\.weight$"),
+    )
+
+
+def _official_mossformer2_state(checkpoint):
+    """``({part: state dict}, configuration kwargs, unexpected names)`` of a MossFormer2 checkpoint."""
+    configuration = {}
+    if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
+        from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
+
+        folder, checkpoint = checkpoint, named_checkpoint(checkpoint)
+        if checkpoint is None:
+            raise CheckpointMismatchError(f"{folder} holds no last_best_checkpoint naming a MossFormer2 checkpoint")
+        configuration = read_official_configuration(os.path.join(folder, "configuration.json"), MossFormer2)
+    parts, _, unexpected = _official_mossformer_parts(checkpoint)
+    return parts, configuration, unexpected
+
+
+def mossformer2_from_official(checkpoint, **model_kwargs):
+    """Build a :class:`~speechbrain_ext.lobes.models.mossformer2.MossFormer2` from official weights.
+
+    Arguments
+    ---------
+    checkpoint : str, os.PathLike or dict
+        One of
+
+        * a ClearerVoice-Studio folder (``alibabasglab/MossFormer2_SS_16K``): a text file
+          ``last_best_checkpoint`` naming the checkpoint, and optionally a ``configuration.json``
+          (the folders :func:`mossformer2_to_official` writes) whose ``model`` section overrides
+          the default constructor arguments;
+        * that checkpoint file, or its content: ``{'model': state_dict, ...}`` or the state dict
+          itself, with the prefixes ``enc.``, ``mask_net.``, ``dec.`` (``module.`` stripped);
+        * ``{"encoder": ..., "masknet": ..., "decoder": ...}`` state dicts of the three parts.
+
+        Files are read with ``torch.load(weights_only=True)``.
+    **model_kwargs
+        MossFormer2 constructor arguments; they override ``configuration.json``.
+
+    Returns
+    -------
+    MossFormer2
+        The model with every tensor filled, in eval mode.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        If a tensor is missing, unexpected or of the wrong shape, or if the blocks' copies of
+        the rotary frequencies differ.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
+    >>> tiny = dict(in_channels=32, out_channels=32, d_model=32, num_blocks=1, group_size=8,
+    ...             query_key_dim=16, fsmn_channels=16, memory_order=4)
+    >>> official = mossformer2_to_official(MossFormer2(**tiny))
+    >>> official["mask_net.mdl.intra_mdl.mossformerM.fsmn.0.conv1.0.weight"].shape
+    torch.Size([16, 32, 1])
+    >>> model = mossformer2_from_official({"model": official}, **tiny)
+    """
+    from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
+
+    parts, configuration, unexpected = _official_mossformer2_state(checkpoint)
+    model = MossFormer2(**{**configuration, **model_kwargs})
+    names = _mossformer2_names(len(model.masknet.recurrences[0].memory.convs))
+    return _fill_separator("MossFormer2", model, parts, unexpected, names)
+
+
+def load_mossformer2_official(model, checkpoint):
+    """Fill an existing MossFormer2 ``model`` (or anything holding its ``encoder``, ``masknet``
+    and ``decoder`` as attributes or keys) from official weights, converted for this model's configuration; returns it.
+
+    See :func:`mossformer2_from_official` for the accepted checkpoints and the errors.
+    """
+    from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
+
+    parts = MossFormer2.from_modules(*_separator_modules(model).values())
+    parts.load_state_dict(mossformer2_from_official(checkpoint, **parts.config).state_dict())
+    return model
+
+
+def mossformer2_to_official(model, directory=None, sample_rate=None):
+    """Export a MossFormer2 as the official (ClearerVoice-Studio) state dict, and optionally a folder.
+
+    The state dict loads with ``strict=True`` into the reference ``MossFormer2_SS_16K(args).model``.
+
+    Arguments
+    ---------
+    model : MossFormer2 or Mapping
+        The :class:`~speechbrain_ext.lobes.models.mossformer2.MossFormer2`, or anything holding
+        its ``encoder``, ``masknet`` and ``decoder`` as attributes or keys.
+    directory : str or os.PathLike, optional
+        If given, written there: ``model.pt`` (``{'model': state dict}``), the
+        ``last_best_checkpoint`` file naming it (ClearVoice's loader reads both) and a
+        ``configuration.json`` with the constructor arguments (read back by
+        :func:`mossformer2_from_official`; ClearVoice ignores it).
+    sample_rate : int, optional
+        Written into ``configuration.json``.
+
+    Returns
+    -------
+    dict
+        Official tensor names (``enc.``, ``mask_net.``, ``dec.``) to tensors.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
+    >>> official = mossformer2_to_official(MossFormer2(num_blocks=1))
+    >>> official["mask_net.mdl.intra_mdl.mossformerM.fsmn.0.gated_fsmn.fsmn.conv.conv2.weight"].shape
+    torch.Size([256, 2, 39, 1])
+    """
+    from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
+
+    modules = _separator_modules(model)
+    config = MossFormer2.from_modules(modules["encoder"], modules["masknet"], modules["decoder"]).config
+    parts = _official_separator_parts(modules, _mossformer2_names(config["memory_depth"]))
+    official = {
+        f"{prefix}{name}": tensor
+        for prefix, part in (("enc.", "encoder"), ("mask_net.", "masknet"), ("dec.", "decoder"))
+        for name, tensor in parts[part].items()
+    }
+    if directory is not None:
+        _write_clearervoice_folder(directory, official, "MossFormer2_SS_16K", config, sample_rate)
+    return official
+
+
+# ----------------------------------------------------------------------------------------------
+# MossFormer2 enhancement (ClearerVoice-Studio's MossFormer2_SE_48K)
+# ----------------------------------------------------------------------------------------------
+
+#: The prefix of the masknet in the official enhancer's state dict (its ``TestNet.mossformer``).
+_MOSSFORMER2_SE_PREFIX = "mossformer."
+
+
+def mossformer2_se_from_official(checkpoint, **model_kwargs):
+    """Build a :class:`~speechbrain_ext.lobes.models.mossformer2_se.MossFormer2SE` from official weights.
+
+    Arguments
+    ---------
+    checkpoint : str, os.PathLike or dict
+        A ClearerVoice-Studio folder (``alibabasglab/MossFormer2_SE_48K``: ``last_best_checkpoint``
+        naming the checkpoint, optionally our ``configuration.json``), that checkpoint file, or
+        its content (``{'model': state_dict, ...}`` or the state dict, names ``mossformer.*``,
+        ``module.`` stripped). Files are read with ``torch.load(weights_only=True)``.
+    **model_kwargs
+        MossFormer2SE constructor arguments; they override ``configuration.json``.
+
+    Returns
+    -------
+    MossFormer2SE
+        The model with every tensor filled, in eval mode.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        If a tensor is missing, unexpected or of the wrong shape.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.mossformer2_se import MossFormer2SE
+    >>> tiny = dict(d_model=32, num_blocks=1, group_size=8, query_key_dim=16, fsmn_channels=16)
+    >>> official = mossformer2_se_to_official(MossFormer2SE(**tiny))
+    >>> official["mossformer.conv1_decoder.weight"].shape
+    torch.Size([961, 32, 1])
+    >>> model = mossformer2_se_from_official({"model": official}, **tiny)
+    """
+    from speechbrain_ext.lobes.models.mossformer2_se import MossFormer2SE
+
+    configuration = {}
+    if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
+        folder, checkpoint = checkpoint, named_checkpoint(checkpoint)
+        if checkpoint is None:
+            raise CheckpointMismatchError(f"{folder} holds no last_best_checkpoint naming a MossFormer2 checkpoint")
+        configuration = read_official_configuration(os.path.join(folder, "configuration.json"), MossFormer2SE)
+    masknet, unexpected = {}, []
+    for name, tensor in read_state_dict(checkpoint).items():
+        if name.startswith(_MOSSFORMER2_SE_PREFIX):
+            masknet[name[len(_MOSSFORMER2_SE_PREFIX):]] = tensor
+        else:
+            unexpected.append(name)
+    model = MossFormer2SE(**{**configuration, **model_kwargs})
+    return _fill_separator("MossFormer2_SE", model, {"masknet": masknet}, unexpected,
+                           _mossformer2_names(0, memory="plain"))
+
+
+def load_mossformer2_se_official(model, checkpoint):
+    """Fill an existing MossFormer2SE ``model`` from official weights (strictly); returns it."""
+    model.load_state_dict(mossformer2_se_from_official(checkpoint, **model.config).state_dict())
+    return model
+
+
+def mossformer2_se_to_official(model, directory=None, sample_rate=None):
+    """Export a MossFormer2SE as the official (ClearerVoice-Studio) state dict, and optionally a folder.
+
+    The state dict loads with ``strict=True`` into the reference ``MossFormer2_SE_48K(args).model``.
+    With ``directory``: ``model.pt`` (``{'model': state dict}``), ``last_best_checkpoint`` naming
+    it, and a ``configuration.json`` with the constructor arguments (and ``sample_rate``), which
+    :func:`mossformer2_se_from_official` reads back and ClearVoice ignores.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.mossformer2_se import MossFormer2SE
+    >>> official = mossformer2_se_to_official(MossFormer2SE(num_blocks=1))
+    >>> official["mossformer.mdl.intra_mdl.mossformerM.fsmn.0.gated_fsmn.fsmn.conv1.weight"].shape
+    torch.Size([256, 1, 39, 1])
+    """
+    parts = _official_separator_parts({"encoder": torch.nn.Module(), "masknet": model.masknet,
+                                       "decoder": torch.nn.Module()}, _mossformer2_names(0, memory="plain"))
+    official = {_MOSSFORMER2_SE_PREFIX + name: tensor for name, tensor in parts["masknet"].items()}
+    if directory is not None:
+        _write_clearervoice_folder(directory, official, "MossFormer2_SE_48K", model.config, sample_rate)
+    return official
+
+
+def _write_clearervoice_folder(directory, official, model_type, config, sample_rate):
+    """``model.pt`` = ``{'model': official}``, the ``last_best_checkpoint`` naming it, and our
+    ``configuration.json`` (constructor arguments, ``sample_rate``)."""
+    import json
+
+    os.makedirs(directory, exist_ok=True)
+    torch.save({"model": official}, os.path.join(directory, CLEARERVOICE_CHECKPOINT))
+    with open(os.path.join(directory, "last_best_checkpoint"), "w", encoding="utf-8") as stream:
+        stream.write(CLEARERVOICE_CHECKPOINT + "\n")
+    extra = {} if sample_rate is None else {"sample_rate": int(sample_rate)}
+    with open(os.path.join(directory, "configuration.json"), "w", encoding="utf-8") as file:
+        json.dump({"model": {"type": model_type, **config, **extra}}, file, indent=4)

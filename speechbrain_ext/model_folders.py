@@ -10,8 +10,9 @@ speechbrain   ``hyperparams.yaml`` (written from the model's own sizes) + ``<mod
               ``README.md``
 modelscope    FRCRN: ``pytorch_model.bin``; MossFormer: ``encoder.bin``, ``masknet.bin``,
               ``decoder.bin``; both with a ``configuration.json`` that names the pipeline
-clearervoice  ``last_best_checkpoint`` naming ``model.pt`` = ``{'model': state_dict}`` (FRCRN;
-              ClearerVoice-Studio has no MossFormer (v1) model)
+              (ModelScope has no MossFormer2 model)
+clearervoice  ``last_best_checkpoint`` naming ``model.pt`` = ``{'model': state_dict}`` (FRCRN and
+              both MossFormer2 models, official sizes; ClearerVoice-Studio has no MossFormer (v1))
 ============  =================================================================================
 
 Each folder is written beside its final name and renamed into place when complete; an
@@ -26,14 +27,23 @@ import shutil
 
 import torch
 
+from speechbrain_ext.convert import CLEARERVOICE_CHECKPOINT
 from speechbrain_ext.errors import SpeechBrainExtError
 
 LAYOUTS = ("speechbrain", "modelscope", "clearervoice")
-#: The name of the checkpoint a ClearerVoice-Studio folder's ``last_best_checkpoint`` points to.
-CLEARERVOICE_CHECKPOINT = "model.pt"
 # FRCRN sizes of the official model: the only ones the reference code builds.
 _OFFICIAL_FRCRN_WIDTHS = dict(channels=128, fsmn_hidden=128, fsmn_order=20, se_reduction=8, fft_len=640)
 _OFFICIAL_FRCRN_FIXED = dict(complex=True, model_complexity=45, model_depth=14, log_amp=False)
+# MossFormer2 sizes of the official model: ClearVoice builds only these (and skips, without an
+# error, every tensor of another shape).
+_OFFICIAL_MOSSFORMER2 = dict(
+    num_spks=2, kernel_size=16, in_channels=512, out_channels=512, num_blocks=24, group_size=256,
+    query_key_dim=128, expansion_factor=4.0, fsmn_channels=256, memory_order=20, memory_depth=2,
+)
+_OFFICIAL_MOSSFORMER2_SE = dict(
+    sample_rate=48000, win_len=1920, win_inc=384, fft_len=1920, num_mels=60, d_model=512, num_blocks=24,
+    group_size=256, query_key_dim=128, expansion_factor=4.0, fsmn_channels=256, memory_order=20, num_spks=2,
+)
 
 
 class ModelFolderError(SpeechBrainExtError, ValueError):
@@ -45,10 +55,34 @@ def _task(interface):
 
 
 def _mossformer(interface):
+    """The interface's separator as a MossFormer or MossFormer2 (weights shared)."""
     from speechbrain_ext.lobes.models.mossformer import MossFormer
+    from speechbrain_ext.lobes.models.mossformer2 import MossFormer2, MossFormer2MaskNet
 
     mods = interface.mods
-    return MossFormer.from_modules(mods["encoder"], mods["masknet"], mods["decoder"])
+    model_class = MossFormer2 if isinstance(mods["masknet"], MossFormer2MaskNet) else MossFormer
+    return model_class.from_modules(mods["encoder"], mods["masknet"], mods["decoder"])
+
+
+def _is_mossformer2_se(interface):
+    from speechbrain_ext.lobes.models.mossformer2_se import MossFormer2SE
+
+    return "model" in interface.mods and isinstance(interface.mods["model"], MossFormer2SE)
+
+
+def _check_official_sizes(config, official, name):
+    different = {k: v for k, v in config.items() if k in official and v != official[k]}
+    if different:
+        raise ModelFolderError(
+            f"ClearVoice builds only the official {name} ({official}); this one has {different}: "
+            "write it --to speechbrain instead"
+        )
+
+
+def _is_mossformer2(interface):
+    from speechbrain_ext.lobes.models.mossformer2 import MossFormer2MaskNet
+
+    return "masknet" in interface.mods and isinstance(interface.mods["masknet"], MossFormer2MaskNet)
 
 
 def _yaml_value(value):
@@ -83,11 +117,15 @@ def speechbrain_card(interface, source=None):
             f"sample_rate: {interface.hparams.sample_rate}",
             f"normalize: {_yaml_value(getattr(interface.hparams, 'normalize', True))}",
             "",
-            _yaml_block("model", "speechbrain_ext.lobes.models.frcrn.FRCRN", model.config),
+            _yaml_block("model", f"{type(model).__module__}.{type(model).__name__}", model.config),
         ]
         names = ["model"]
     else:
         config = _mossformer(interface).config
+        masknet, recurrence = "speechbrain_ext.lobes.models.mossformer.MossFormerMaskNet", ()
+        if _is_mossformer2(interface):
+            masknet = "speechbrain_ext.lobes.models.mossformer2.MossFormer2MaskNet"
+            recurrence = ("fsmn_channels", "memory_order", "memory_depth")
         body = [
             f"sample_rate: {interface.hparams.sample_rate}",
             f"num_spks: {config['num_spks']}",
@@ -95,10 +133,10 @@ def speechbrain_card(interface, source=None):
             _yaml_block("encoder", "speechbrain_ext.lobes.models.mossformer.MossFormerEncoder",
                         {k: config[k] for k in ("kernel_size", "out_channels")}),
             "",
-            _yaml_block("masknet", "speechbrain_ext.lobes.models.mossformer.MossFormerMaskNet",
+            _yaml_block("masknet", masknet,
                         {"in_channels": config["out_channels"], "out_channels": config["d_model"],
                          **{k: config[k] for k in ("num_blocks", "attn_dropout", "group_size", "query_key_dim",
-                                                   "expansion_factor", "causal", "norm", "num_spks")}}),
+                                                   "expansion_factor", "causal", "norm", *recurrence, "num_spks")}}),
             "",
             _yaml_block("decoder", "speechbrain_ext.lobes.models.mossformer.MossFormerDecoder",
                         {"in_channels": config["in_channels"], "out_channels": 1,
@@ -129,7 +167,8 @@ def _write_speechbrain(interface, folder, source):
         stream.write(speechbrain_card(interface, source))
     for name, module in interface.mods.items():
         torch.save(module.state_dict(), os.path.join(folder, f"{name}.ckpt"))
-    kind = "EnhanceFRCRN" if _task(interface) == "enhancement" else "SeparateMossFormer"
+    kind = "SeparateMossFormer" if _task(interface) == "separation" else (
+        "EnhanceMossFormer2" if _is_mossformer2_se(interface) else "EnhanceFRCRN")
     _write_readme(folder, source, f"from speechbrain_ext.inference import {kind}\n"
                                   f"model = {kind}.from_hparams(source=\"path/to/this/folder\")")
 
@@ -137,6 +176,9 @@ def _write_speechbrain(interface, folder, source):
 def _write_modelscope(interface, folder, source):
     from speechbrain_ext.convert import frcrn_to_official, modelscope_configuration, mossformer_to_official
 
+    if _is_mossformer2_se(interface) or _is_mossformer2(interface):
+        raise ModelFolderError("ModelScope has no MossFormer2 model to load this into: write it --to clearervoice "
+                               "or --to speechbrain instead")
     if _task(interface) == "enhancement":
         model = interface.mods["model"]
         _check_reference_frcrn(model, "ModelScope")
@@ -154,20 +196,32 @@ def _write_modelscope(interface, folder, source):
 
 
 def _write_clearervoice(interface, folder, source):
-    from speechbrain_ext.convert import frcrn_to_official
+    from speechbrain_ext.convert import frcrn_to_official, mossformer2_se_to_official, mossformer2_to_official
 
-    if _task(interface) != "enhancement":
+    if _is_mossformer2_se(interface):
+        model = interface.mods["model"]
+        _check_official_sizes(model.config, _OFFICIAL_MOSSFORMER2_SE, "MossFormer2_SE_48K")
+        mossformer2_se_to_official(model, folder, sample_rate=interface.hparams.sample_rate)
+        name, task = "MossFormer2_SE_48K", "speech_enhancement"
+    elif _task(interface) == "enhancement":
+        model = interface.mods["model"]
+        _check_reference_frcrn(model, "ClearerVoice-Studio")
+        torch.save({"model": frcrn_to_official(model)}, os.path.join(folder, CLEARERVOICE_CHECKPOINT))
+        with open(os.path.join(folder, "last_best_checkpoint"), "w", encoding="utf-8") as stream:
+            stream.write(CLEARERVOICE_CHECKPOINT + "\n")
+        name, task = "FRCRN_SE_16K", "speech_enhancement"
+    elif _is_mossformer2(interface):
+        model = _mossformer(interface)
+        _check_official_sizes(model.config, _OFFICIAL_MOSSFORMER2, "MossFormer2")
+        mossformer2_to_official(model, folder, sample_rate=interface.hparams.sample_rate)
+        name, task = "MossFormer2_SS_16K", "speech_separation"
+    else:
         raise ModelFolderError(
             "ClearerVoice-Studio has no MossFormer (v1, 8 kHz) model to load this into: write it --to modelscope "
             "or --to speechbrain instead"
         )
-    model = interface.mods["model"]
-    _check_reference_frcrn(model, "ClearerVoice-Studio")
-    torch.save({"model": frcrn_to_official(model)}, os.path.join(folder, CLEARERVOICE_CHECKPOINT))
-    with open(os.path.join(folder, "last_best_checkpoint"), "w", encoding="utf-8") as stream:
-        stream.write(CLEARERVOICE_CHECKPOINT + "\n")
-    _write_readme(folder, source, "# ClearVoice(task='speech_enhancement', model_names=['FRCRN_SE_16K']) with its\n"
-                                  "# checkpoint_dir (config/inference/FRCRN_SE_16K.yaml) pointing to this folder")
+    _write_readme(folder, source, f"# ClearVoice(task='{task}', model_names=['{name}']) with its\n"
+                                  f"# checkpoint_dir (config/inference/{name}.yaml) pointing to this folder")
 
 
 _README_TITLE = "# Model written by speechbrain-ext"

@@ -133,3 +133,60 @@ def models(tmp_path_factory):
     for name in ("encoder", "masknet", "decoder"):
         torch.save(getattr(model, name).state_dict(), moss / f"{name}.ckpt")
     return {"enhance": frcrn, "separate": moss}
+
+
+def make_reference_mossformer2(dim=64, num_blocks=2, num_spks=2, seed=0):
+    """ClearerVoice-Studio's MossFormer2 separator (``MossFormer2_SS_16K(args).model``) of the given
+    width and depth, every tensor randomly perturbed (so that identity-initialised norms, gains
+    and PReLU slopes are exercised), in eval mode. The official size is dim 512, 24 blocks."""
+    import argparse
+
+    from clearvoice.models.mossformer2_ss.mossformer2 import MossFormer2_SS_16K
+
+    torch.manual_seed(seed)
+    args = argparse.Namespace(num_spks=num_spks, encoder_kernel_size=16, encoder_embedding_dim=dim,
+                              mossformer_sequence_dim=dim, num_mossformer_layer=num_blocks)
+    model = MossFormer2_SS_16K(args).model
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            noise = torch.randn(tensor.shape, generator=generator)
+            if name.endswith("qk_offset_scale.gamma"):
+                tensor.copy_(noise)  # large q/k scales, so that the attention matters
+            elif name.endswith("qk_offset_scale.beta"):
+                tensor.copy_(0.1 * noise)
+            else:
+                tensor.mul_(1 + 0.3 * noise).add_(0.02 * torch.randn(tensor.shape, generator=generator))
+    return model.eval()
+
+
+def mossformer2_kwargs(dim=64, num_blocks=2, num_spks=2):
+    """Our MossFormer2's arguments for :func:`make_reference_mossformer2`'s sizes."""
+    return dict(in_channels=dim, out_channels=dim, d_model=dim, num_blocks=num_blocks, num_spks=num_spks)
+
+
+def perturb_(model, seed):
+    """Every tensor of ``model`` randomly perturbed (q/k scales redrawn so that the attention
+    matters); returns it in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            noise = torch.randn(tensor.shape, generator=generator)
+            if name.endswith("qk_offset_scale.gamma"):
+                tensor.copy_(noise)
+            elif name.endswith("qk_offset_scale.beta"):
+                tensor.copy_(0.1 * noise)
+            else:
+                tensor.mul_(1 + 0.3 * noise).add_(0.02 * torch.randn(tensor.shape, generator=generator))
+    return model.eval()
+
+
+def make_reference_mossformer2_se(seed=0):
+    """ClearerVoice-Studio's MossFormer2_SE_48K network (``MossFormer2_SE_48K(args).model``, its
+    only size), every tensor randomly perturbed, in eval mode."""
+    import argparse
+
+    from clearvoice.models.mossformer2_se.mossformer2_se_wrapper import MossFormer2_SE_48K
+
+    torch.manual_seed(seed)
+    return perturb_(MossFormer2_SE_48K(argparse.Namespace()).model, seed + 1)

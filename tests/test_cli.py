@@ -60,6 +60,28 @@ def test_separate_writes_one_file_per_speaker(models, tmp_path):
         assert info.samplerate == 8000 and info.frames == 16000
 
 
+def test_separate_with_an_official_mossformer2_folder(tmp_path):
+    """A ClearerVoice-Studio MossFormer2 folder (small, sized by its configuration.json) at 16 kHz:
+    an 8 kHz stereo input comes out as one 16 kHz file per speaker, as the interface writes it."""
+    from speechbrain_ext.convert import mossformer2_to_official
+    from speechbrain_ext.inference import SeparateMossFormer
+    from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
+
+    torch.manual_seed(0)
+    model = MossFormer2(in_channels=32, out_channels=32, d_model=32, num_blocks=1, fsmn_channels=16)
+    mossformer2_to_official(model, tmp_path / "official", sample_rate=16000)
+    mixture, _ = two_speaker_mixture(1.5, 8000, seed=0)
+    sf.write(tmp_path / "mix.wav", np.stack([mixture, 0.5 * mixture], axis=1), 8000)
+    result = run("separate", tmp_path / "mix.wav", "-o", tmp_path / "out", "--model", tmp_path / "official")
+    assert result.returncode == 0, result.stdout + result.stderr
+    separator = SeparateMossFormer.from_hparams(source=str(tmp_path / "official"))
+    expected = separator.separate_file(str(tmp_path / "mix.wav"), savedir=str(tmp_path / "expected"))
+    for speaker, path in enumerate(expected, start=1):
+        written, rate = sf.read(tmp_path / "out" / f"mix_spk{speaker}.wav")
+        assert rate == 16000 and len(written) == 24000
+        assert np.array_equal(written, sf.read(path)[0])
+
+
 def test_unloadable_model_is_one_sentence(tmp_path):
     result = run("enhance", tmp_path, "-o", tmp_path / "out", "--model", tmp_path / "nothing-here")
     assert result.returncode != 0

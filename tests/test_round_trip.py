@@ -16,13 +16,14 @@ import soundfile as sf
 import torch
 
 from speechbrain_ext import cli
-from speechbrain_ext.convert import frcrn_to_official, modelscope_configuration
+from speechbrain_ext.convert import frcrn_to_official, modelscope_configuration, mossformer2_to_official
 from speechbrain_ext.inference import EnhanceFRCRN, SeparateMossFormer
 from speechbrain_ext.lobes.models.frcrn import FRCRN
 from speechbrain_ext.lobes.models.mossformer import MossFormer
+from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
 from speechbrain_ext.model_folders import ModelFolderError, write_model_folder
 
-from conftest import OFFICIAL_FRCRN_KWARGS, OFFICIAL_MOSSFORMER_KWARGS, make_reference_mossformer, randomize_
+from conftest import OFFICIAL_FRCRN_KWARGS, OFFICIAL_MOSSFORMER_KWARGS, make_reference_mossformer, mossformer2_kwargs, randomize_
 
 SMALL_MOSSFORMER = dict(in_channels=32, out_channels=32, num_blocks=1, d_model=32, group_size=16, query_key_dim=16)
 
@@ -206,6 +207,54 @@ def test_replace_own_replaces_only_a_folder_we_wrote(models, tmp_path):
     (tmp_path / "s" / "README.md").write_text("# someone else's\n")
     with pytest.raises(ModelFolderError, match="is not empty"):
         write_model_folder(enhancer, tmp_path / "s", replace_own=True)
+
+
+def _separator(model, sample_rate=16000):
+    return SeparateMossFormer(modules={"encoder": model.encoder, "masknet": model.masknet, "decoder": model.decoder},
+                              hparams={"sample_rate": sample_rate, "num_spks": model.num_spks})
+
+
+def test_mossformer2_clearervoice_folder_loads_every_tensor_in_clearvoice(tmp_path):
+    from clearvoice.networks import CLS_MossFormer2_SS_16K
+
+    torch.manual_seed(0)
+    model = randomize_(MossFormer2(), 3).eval()
+    write_model_folder(_separator(model), tmp_path / "speechbrain")
+    folder = tmp_path / "clearervoice"
+    assert convert("separation", tmp_path / "speechbrain", folder, "clearervoice") == (0, "")
+    assert (folder / "last_best_checkpoint").read_text().strip() == "model.pt"
+    # ClearVoice's own arguments for MossFormer2_SS_16K (its config/inference/MossFormer2_SS_16K.yaml).
+    args = argparse.Namespace(checkpoint_dir=str(folder), network="MossFormer2_SS_16K", mode="inference", use_cuda=0,
+                              sampling_rate=16000, num_spks=2, encoder_kernel_size=16, encoder_embedding_dim=512,
+                              mossformer_sequence_dim=512, num_mossformer_layer=24)
+    theirs = CLS_MossFormer2_SS_16K(args).model
+    exported = mossformer2_to_official(model)
+    state = theirs.state_dict()
+    assert state.keys() == exported.keys()
+    assert all(torch.equal(state[name], exported[name]) for name in state)
+    mix = 0.1 * torch.randn(1, 4003, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(mix)
+        error = (torch.stack(theirs(mix), -1) - ours).pow(2).sum() / ours.pow(2).sum()
+    assert -10 * torch.log10(error) > 100  # dB
+
+
+def test_mossformer2_layouts_and_speechbrain_round_trip(tmp_path):
+    torch.manual_seed(0)
+    small = randomize_(MossFormer2(**mossformer2_kwargs(32, 1), group_size=16, query_key_dim=16, fsmn_channels=16), 4)
+    separator = _separator(small.eval())
+    write_model_folder(separator, tmp_path / "sb")
+    code, message = convert("separation", tmp_path / "sb", tmp_path / "ms", "modelscope")
+    assert code == 1 and "ModelScope has no MossFormer2" in message
+    code, message = convert("separation", tmp_path / "sb", tmp_path / "cv", "clearervoice")
+    assert code == 1 and "builds only the official MossFormer2" in message and "'in_channels': 32" in message
+    assert not (tmp_path / "ms").exists() and not (tmp_path / "cv").exists()
+
+    assert "MossFormer2MaskNet" in (tmp_path / "sb" / "hyperparams.yaml").read_text()
+    again = SeparateMossFormer.from_hparams(source=str(tmp_path / "sb"), savedir=str(tmp_path / "sb"))
+    assert again.mods.masknet.recurrences[0].input_proj.out_features == 16
+    mixture = 0.1 * torch.randn(1, 4000, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(again.separate_batch(mixture), separator.separate_batch(mixture))
 
 
 if __name__ == "__main__":

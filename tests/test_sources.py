@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-from speechbrain_ext.convert import frcrn_from_official
+from speechbrain_ext.convert import frcrn_from_official, mossformer2_from_official, mossformer2_to_official
 from speechbrain_ext.inference import EnhanceFRCRN, SeparateMossFormer
 from speechbrain_ext.inference.sources import SourceError
 from speechbrain_ext.model_folders import write_model_folder
 
-from conftest import make_reference_frcrn, make_reference_mossformer
+from conftest import make_reference_frcrn, make_reference_mossformer, make_reference_mossformer2, mossformer2_kwargs
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
 NOISY = 0.1 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(0))
@@ -154,8 +154,49 @@ def test_modelscope_id_without_modelscope_says_what_to_install(monkeypatch):
         EnhanceFRCRN.from_hparams(source="damo/speech_frcrn_ans_cirm_16k")
 
 
+SEPARATE = """
+from speechbrain_ext.inference import SeparateMossFormer
+mix = 0.1 * torch.randn(2, 8003, generator=torch.Generator().manual_seed(0))
+model = SeparateMossFormer.from_hparams(source={source!r}, revision={revision!r})
+assert model.sample_rate == 16000, model.sample_rate
+torch.save(model.separate_batch(mix), {out!r})
+"""
+
+
+def test_mossformer2_official_repo_from_offline_cache(tmp_path):
+    """alibabasglab/MossFormer2_SS_16K through huggingface_hub's cache, as ClearerVoice-Studio
+    publishes it: official size, ``module.``-prefixed keys in ``{'model': ...}``."""
+    reference = make_reference_mossformer2(dim=512, num_blocks=24, seed=2)
+    home = str(tmp_path / "hf")
+    fill_hf_cache(home, "alibabasglab/MossFormer2_SS_16K", {COMMIT_A: clearervoice_files(reference.state_dict())},
+                  main=COMMIT_A)
+    code = SEPARATE.format(source="alibabasglab/MossFormer2_SS_16K", revision=None, out=str(tmp_path / "out.pt"))
+    out = run_offline(code, {"HF_HOME": home}, tmp_path)
+    mix = 0.1 * torch.randn(2, 8003, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = torch.stack(reference(mix), dim=-1)
+    assert (out - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_mossformer2_local_official_folder(tmp_path):
+    """A downloaded (or written) ClearerVoice-Studio folder; its configuration.json, when there,
+    sizes the model and sets the rate."""
+    reference = make_reference_mossformer2(dim=32, num_blocks=1, seed=6)
+    model = mossformer2_from_official(reference.state_dict(), **mossformer2_kwargs(32, 1))
+    mossformer2_to_official(model, tmp_path / "folder", sample_rate=16000)
+    separator = SeparateMossFormer.from_hparams(source=str(tmp_path / "folder"))
+    assert separator.sample_rate == 16000
+    assert type(separator.mods.masknet).__name__ == "MossFormer2MaskNet"
+    mix = 0.1 * torch.randn(1, 3001, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = torch.stack(reference(mix), dim=-1)
+    assert (separator.separate_batch(mix) - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
 def test_wrong_model_kind_is_refused():
     with pytest.raises(SourceError, match="mossformer-8k model, not a frcrn-16k"):
         EnhanceFRCRN.from_hparams(source="iic/speech_mossformer_separation_temporal_8k")
-    with pytest.raises(SourceError, match="frcrn-16k model, not a mossformer-8k"):
+    with pytest.raises(SourceError, match="frcrn-16k model, not a mossformer-8k or mossformer2-ss-16k"):
         SeparateMossFormer.from_hparams(source="alibabasglab/FRCRN_SE_16K")
+    with pytest.raises(SourceError, match="mossformer2-ss-16k model, not a frcrn-16k"):
+        EnhanceFRCRN.from_hparams(source="alibabasglab/MossFormer2_SS_16K")

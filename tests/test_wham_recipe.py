@@ -74,6 +74,25 @@ def test_generated_wham_layout_trains_and_evaluates(wham_data, tmp_path):
     check_test_results(output, wham_data["wham"], mixture_folder="mix_both")
 
 
+def test_mossformer2_trains_on_the_16k_wham_layout(tmp_path):
+    """hparams/mossformer2.yaml (16 kHz, tiny sizes): the generated WHAM! wav16k layout trains,
+    and the noisy test mixtures are separated and scored against the clean sources."""
+    from test_wsj0mix_recipe import TINY_MOSSFORMER2
+
+    wsj0mix = synthetic_wsj0mix.make_synthetic_wsj0mix(
+        str(tmp_path / "wsj0-mix" / "2speakers"), num_mixtures={"tr": 4, "cv": 1, "tt": 2}, sample_rates=(16000,), seed=2
+    )
+    noise = synthetic_wham.make_synthetic_wham_noise(str(tmp_path / "wham_noise"), wsj0mix, seed=2)
+    wham = synthetic_wham.make_synthetic_wham(str(tmp_path / "wham"), wsj0mix, noise, sample_rates=(16000,))
+    output = tmp_path / "run"
+    command = [PYTHON, "train.py", "hparams/mossformer2.yaml", "--data_folder", wham, "--output_folder", str(output),
+               *TINY_MOSSFORMER2, "--batch_size", "2", "--number_of_epochs", "1"]
+    run_recipe(command, cwd=RECIPE)
+    assert [entry["epoch"] for entry in history(output)] == [1]
+    assert all("/wav16k/min/tt/mix_both/" in row["mix_wav"] for row in read_csv(os.path.join(output, "save", "wham_tt.csv")))
+    check_test_results(output, wham, split_folder="wav16k/min/tt", mixture_folder="mix_both")
+
+
 def test_wham_noise_on_the_fly_with_dynamic_mixing(wham_data, tmp_path):
     output = tmp_path / "run"
     run_recipe(recipe_command(wham_data["wsj0mix"], output, "--wham_noise_folder", wham_data["wham_noise"],

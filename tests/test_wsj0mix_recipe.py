@@ -29,13 +29,13 @@ import yaml
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
-from speechbrain_ext.convert import mossformer_from_official
+from speechbrain_ext.convert import mossformer2_from_official, mossformer_from_official
 from speechbrain_ext.cli import add_evaluate_arguments, run_evaluate
 from speechbrain_ext.lobes.models.mossformer import MossFormer
 from speechbrain_ext.training.mixing import MixLayoutError, SpeakerMixer, SpeakerPool, wsj0_utterances
 from speechbrain_ext.training.separation import SeparationBrain
 
-from conftest import make_reference_mossformer
+from conftest import make_reference_mossformer, make_reference_mossformer2, mossformer2_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "WSJ0Mix", "separation")
@@ -60,6 +60,9 @@ def tiny(**model_changes):
 
 TINY = tiny()
 NUM_TRAIN = 8
+# hparams/mossformer2.yaml made tiny the same way (the reference MossFormer2 fixes the recurrent
+# modules at 256 channels, the group at 256 frames and queries/keys at 128 channels).
+TINY_MOSSFORMER2 = tiny(N_encoder_out=16, d_model=16, group_size=256, query_key_dim=128, fsmn_channels=256)
 
 
 def load_recipe_module(name, recipe=RECIPE, prefix="wsj0mix"):
@@ -276,6 +279,39 @@ def test_finetuning_starts_from_official_weights(wsj0_2mix, tmp_path):
             reference_losses.append(float(get_si_snr_with_pitwrapper(sources, reference(mixture))))
     assert epochs[0]["valid"]["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
     assert epochs[0]["valid"]["loss"] == pytest.approx(np.mean(reference_losses), rel=1e-4)
+
+
+def test_mossformer2_finetunes_from_official_weights_at_16k(tmp_path):
+    """hparams/mossformer2.yaml: wav16k data, fine-tuning from a ClearerVoice-Studio folder (the
+    reference's state dict in {'model': ...}, module.-prefixed), validation of the official weights
+    as epoch 0 equal to the reference's own loss, then training and the test report."""
+    data = synthetic_wsj0mix.make_synthetic_wsj0mix(
+        str(tmp_path / "2speakers"), num_mixtures={"tr": 4, "cv": 2, "tt": 1}, sample_rates=(16000,), seed=5,
+    )
+    reference = make_reference_mossformer2(dim=16, num_blocks=1, seed=0)
+    official = tmp_path / "MossFormer2_SS_16K"
+    official.mkdir()
+    (official / "last_best_checkpoint").write_text("model.ckpt-12-345.pt\n")
+    torch.save({"model": {f"module.{k}": v for k, v in reference.state_dict().items()}, "epoch": 12},
+               official / "model.ckpt-12-345.pt")
+    output = tmp_path / "finetune"
+    run_recipe(recipe_command("mossformer2.yaml", data, output, *TINY_MOSSFORMER2, "--pretrained_path", str(official),
+                              "--batch_size", "2", "--number_of_epochs", "1"))
+    epochs = history(output)
+    assert [entry["epoch"] for entry in epochs] == [0, 1]
+    assert epochs[1]["lr"] == pytest.approx(1e-5)  # finetune_lr
+    losses = []
+    with torch.no_grad():
+        for row in read_csv(os.path.join(output, "save", "wsj_cv.csv")):
+            assert "/wav16k/" in row["mix_wav"]
+            mixture = torch.from_numpy(sf.read(row["mix_wav"], dtype="float32")[0])[None]
+            sources = np.stack([sf.read(row[f"s{i}_wav"], dtype="float32")[0] for i in (1, 2)], axis=-1)
+            estimate = torch.stack(reference(mixture), dim=-1)
+            losses.append(float(get_si_snr_with_pitwrapper(torch.from_numpy(sources)[None], estimate)))
+    assert epochs[0]["valid"]["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    check_test_results(output, data, split_folder="wav16k/min/tt")
+    exported = os.path.join(output, "model", "hyperparams.yaml")  # the recipe's exported model
+    assert os.path.exists(exported) and "MossFormer2MaskNet" in open(exported, encoding="utf-8").read()
 
 
 def test_not_a_wsj0mix_folder_is_one_clear_error(wsj0_2mix, tmp_path):

@@ -1,7 +1,10 @@
 """Ready-to-use interfaces: enhancement (FRCRN) and separation (MossFormer)."""
 
-from speechbrain_ext.inference.enhancement import EnhanceFRCRN
+from speechbrain_ext.inference.enhancement import EnhanceFRCRN, EnhanceMossFormer2, WaveformEnhancer, enhancer_for
 from speechbrain_ext.inference.separation import SeparateMossFormer
 from speechbrain_ext.inference.streaming import FRCRNStreamer, stream_file
 
-__all__ = ["EnhanceFRCRN", "FRCRNStreamer", "SeparateMossFormer", "stream_file"]
+__all__ = [
+    "EnhanceFRCRN", "EnhanceMossFormer2", "FRCRNStreamer", "SeparateMossFormer", "WaveformEnhancer", "enhancer_for",
+    "stream_file",
+]

@@ -1,4 +1,4 @@
-"""Ready-to-use FRCRN speech enhancement.
+"""Ready-to-use FRCRN (16 kHz) and MossFormer2 (48 kHz) speech enhancement.
 
 Authors: speechbrain-ext contributors
 """
@@ -29,44 +29,28 @@ from speechbrain_ext.inference.options import (
 from speechbrain_ext.inference.sources import OfficialSourceMixin
 
 
-class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
-    """A ready-to-use FRCRN noise suppressor (16 kHz), in the style of ``SpectralMaskEnhancement``.
+class WaveformEnhancer(OfficialSourceMixin, Pretrained):
+    """A ready-to-use waveform-to-waveform enhancer, in the style of ``SpectralMaskEnhancement``.
 
-    Load it from a SpeechBrain-format model directory or Hugging Face repo, or straight from the
-    official weights (``alibabasglab/FRCRN_SE_16K`` on Hugging Face, the ModelScope ids
-    ``damo/speech_frcrn_ans_cirm_16k`` / ``iic/speech_frcrn_ans_cirm_16k``, or a local folder
-    holding an official checkpoint), which are converted on load.
+    The model (``modules["model"]``) maps ``[B, T]`` noisy waveforms to ``[B, T]``, analyses
+    frames of ``win_len`` samples every ``win_inc`` and may have ``fuse_for_inference()``:
+    :class:`EnhanceFRCRN` and :class:`EnhanceMossFormer2` are this interface with their
+    official sources. Files of any length, rate and channel count are processed in bounded
+    memory (overlapping chunks, cross-faded), written atomically, at any output rate.
 
-    Input is brought to the level the official model was trained at (as the official pipeline
-    does) and the output is scaled back to the input's level; set ``normalize=False`` in the
-    hparams (or the attribute) to feed the model as is.
-
-    Example
-    -------
-    >>> from speechbrain_ext.lobes.models.frcrn import FRCRN
-    >>> model = FRCRN(channels=8, fsmn_hidden=8)
-    >>> enhancer = EnhanceFRCRN(modules={"model": model}, hparams={"sample_rate": 16000})
-    >>> enhancer.enhance_batch(torch.randn(2, 16000) * 0.1).shape
-    torch.Size([2, 16000])
+    ``hparams.normalize`` (True by default) brings input to the level the official model was
+    trained at and scales the output back to the input's level.
     """
 
     MODULES_NEEDED = ["model"]
     HPARAMS_NEEDED = ["sample_rate"]
-    CARD = "frcrn-16k"
+    #: Named in errors.
+    MODEL_NAME = "model"
 
     def __init__(self, *args, freeze_params=True, **kwargs):
         super().__init__(*args, freeze_params=freeze_params, **kwargs)
-        if freeze_params:  # inference only: the fused kernels compute the same, faster
-            self.mods.model.fuse_for_inference()
-
-    @classmethod
-    def _load_official(cls, hparams, folder):
-        from speechbrain_ext.convert import load_frcrn_official, read_official_configuration
-        from speechbrain_ext.lobes.models.frcrn import FRCRN
-
-        sizes = read_official_configuration(os.path.join(folder, "configuration.json"), FRCRN)
-        model = FRCRN(**{**hparams["model"].config, **sizes}) if sizes else hparams["model"]
-        return {"model": load_frcrn_official(model, folder)}
+        if freeze_params and hasattr(self.mods.model, "fuse_for_inference"):  # inference only
+            self.mods.model.fuse_for_inference()  # the fused kernels compute the same, faster
 
     @property
     def sample_rate(self):
@@ -81,7 +65,7 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
         model = self.mods.model
         if length < model.win_len:
             raise AudioInputError(
-                f"input of {length} samples is shorter than one FRCRN frame ({model.win_len} samples, "
+                f"input of {length} samples is shorter than one {self.MODEL_NAME} frame ({model.win_len} samples, "
                 f"{1000 * model.win_len / self.sample_rate:.0f} ms at {self.sample_rate} Hz)"
             )
         return whole_frames_length(length, model.win_len, model.win_inc)
@@ -144,7 +128,7 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
             no partial file is left.
         chunk_seconds : float or None
             Length of the chunks the model sees (``None``: the whole file at once). 10 s keeps
-            peak memory at about what a 10 s file needs (~1.5 GB on CPU for the official size)
+            peak memory at about what a 10 s file needs (~1.5 GB on CPU for the official FRCRN)
             while giving the utterance-level attention plenty of context.
         overlap_seconds : float, optional
             Overlap of consecutive chunks, cross-faded (default: 1 s, at most a quarter chunk).
@@ -153,7 +137,7 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
         channels : str or int
             ``'mix'`` (default: average the channels), ``'all'`` (enhance each channel), or an index.
         output_rate : int, optional
-            Sample rate of the output; the model's (16 kHz) by default, ``'input'`` for the input's.
+            Sample rate of the output; the model's by default, ``'input'`` for the input's.
         subtype : str
             Output sample format: ``'PCM_16'`` (clipped to full scale, never wrapped) or ``'FLOAT'``.
 
@@ -197,3 +181,103 @@ class EnhanceFRCRN(OfficialSourceMixin, Pretrained):
     def forward(self, noisy, lengths=None):
         """Enhance a batch (see :meth:`enhance_batch`)."""
         return self.enhance_batch(noisy, lengths)
+
+
+class EnhanceFRCRN(WaveformEnhancer):
+    """A ready-to-use FRCRN noise suppressor (16 kHz), in the style of ``SpectralMaskEnhancement``.
+
+    Load it from a SpeechBrain-format model directory or Hugging Face repo, or straight from the
+    official weights (``alibabasglab/FRCRN_SE_16K`` on Hugging Face, the ModelScope ids
+    ``damo/speech_frcrn_ans_cirm_16k`` / ``iic/speech_frcrn_ans_cirm_16k``, or a local folder
+    holding an official checkpoint), which are converted on load.
+
+    Input is brought to the level the official model was trained at (as the official pipeline
+    does) and the output is scaled back to the input's level; set ``normalize=False`` in the
+    hparams (or the attribute) to feed the model as is.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.frcrn import FRCRN
+    >>> model = FRCRN(channels=8, fsmn_hidden=8)
+    >>> enhancer = EnhanceFRCRN(modules={"model": model}, hparams={"sample_rate": 16000})
+    >>> enhancer.enhance_batch(torch.randn(2, 16000) * 0.1).shape
+    torch.Size([2, 16000])
+    """
+
+    CARDS = ("frcrn-16k",)
+    MODEL_NAME = "FRCRN"
+
+    @classmethod
+    def _load_official(cls, hparams, folder):
+        from speechbrain_ext.convert import load_frcrn_official, read_official_configuration
+        from speechbrain_ext.lobes.models.frcrn import FRCRN
+
+        sizes = read_official_configuration(os.path.join(folder, "configuration.json"), FRCRN)
+        model = FRCRN(**{**hparams["model"].config, **sizes}) if sizes else hparams["model"]
+        return {"model": load_frcrn_official(model, folder)}
+
+
+class EnhanceMossFormer2(WaveformEnhancer):
+    """A ready-to-use MossFormer2 fullband enhancer (48 kHz), in the style of ``SpectralMaskEnhancement``.
+
+    Load it from a SpeechBrain-format folder or Hugging Face repo, from the official
+    ClearerVoice-Studio repo ``alibabasglab/MossFormer2_SE_48K`` (Hugging Face), or from a local
+    folder of official weights (``last_best_checkpoint`` and the checkpoint it names). Everything
+    else is :class:`WaveformEnhancer`'s: any input rate is resampled to 48 kHz, long files are
+    enhanced in cross-faded chunks (10 s by default; ClearVoice decodes 4 s windows beyond 20 s).
+    The input level is kept (``normalize: False`` in the card), as the official pipeline does.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.mossformer2_se import MossFormer2SE
+    >>> model = MossFormer2SE(d_model=32, num_blocks=1, group_size=16, query_key_dim=16, fsmn_channels=16)
+    >>> enhancer = EnhanceMossFormer2(modules={"model": model}, hparams={"sample_rate": 48000, "normalize": False})
+    >>> enhancer.enhance_batch(0.1 * torch.randn(2, 9600)).shape
+    torch.Size([2, 9600])
+    """
+
+    CARDS = ("mossformer2-se-48k",)
+    MODEL_NAME = "MossFormer2"
+
+    @classmethod
+    def _load_official(cls, hparams, folder):
+        from speechbrain_ext.convert import mossformer2_se_from_official, read_official_configuration
+
+        rate = read_official_configuration(os.path.join(folder, "configuration.json")).get("sample_rate")
+        if isinstance(rate, (int, float)) and rate > 0:
+            hparams["sample_rate"] = int(rate)
+        return {"model": mossformer2_se_from_official(folder)}  # sized by the folder's configuration.json
+
+
+def enhancer_for(source):
+    """The enhancement interface that loads ``source``: :class:`EnhanceMossFormer2` for
+    MossFormer2 sources (the official repo id, a folder of its weights, or a SpeechBrain-format
+    folder of a MossFormer2SE), :class:`EnhanceFRCRN` otherwise.
+
+    Example
+    -------
+    >>> enhancer_for("alibabasglab/MossFormer2_SE_48K").__name__
+    'EnhanceMossFormer2'
+    """
+    from speechbrain_ext.inference.sources import OFFICIAL_REPOS, is_official_folder
+
+    source = os.fspath(source)
+    repo = OFFICIAL_REPOS.get(source)
+    if repo is not None:
+        return EnhanceMossFormer2 if repo.card in EnhanceMossFormer2.CARDS else EnhanceFRCRN
+    yaml_file = os.path.join(source, "hyperparams.yaml")
+    if os.path.isfile(yaml_file):
+        with open(yaml_file, encoding="utf-8") as stream:
+            return EnhanceMossFormer2 if "MossFormer2SE" in stream.read() else EnhanceFRCRN
+    if is_official_folder(source):
+        from speechbrain_ext.convert import named_checkpoint
+
+        try:
+            checkpoint = named_checkpoint(source)
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True) if checkpoint else {}
+        except Exception:  # unreadable: let the loader say why
+            return EnhanceFRCRN
+        state = state.get("model", state) if isinstance(state, dict) else {}
+        if any(str(name).removeprefix("module.").startswith("mossformer.") for name in state):
+            return EnhanceMossFormer2
+    return EnhanceFRCRN

@@ -1,4 +1,4 @@
-"""Ready-to-use MossFormer speech separation.
+"""Ready-to-use MossFormer and MossFormer2 speech separation.
 
 Authors: speechbrain-ext contributors
 """
@@ -29,12 +29,14 @@ OUTPUT_PEAK = 0.5
 
 
 class SeparateMossFormer(OfficialSourceMixin, Pretrained):
-    """A ready-to-use MossFormer separator, in the style of ``SepformerSeparation``.
+    """A ready-to-use MossFormer or MossFormer2 separator, in the style of ``SepformerSeparation``.
 
     Load it from a SpeechBrain-format folder or Hugging Face repo (``encoder``, ``masknet``,
-    ``decoder`` checkpoints), from the official ModelScope id
-    ``iic/speech_mossformer_separation_temporal_8k`` (or ``damo/...``), or from a local folder
-    holding the official ``encoder.bin`` / ``masknet.bin`` / ``decoder.bin``.
+    ``decoder`` checkpoints), from an official id: ModelScope's MossFormer
+    ``iic/speech_mossformer_separation_temporal_8k`` (or ``damo/...``, 8 kHz) or ClearerVoice-Studio's
+    MossFormer2 ``alibabasglab/MossFormer2_SS_16K`` (Hugging Face, 16 kHz), or from a local folder
+    of official weights: MossFormer's ``encoder.bin`` / ``masknet.bin`` / ``decoder.bin``, or
+    MossFormer2's ``last_best_checkpoint`` and the checkpoint it names.
 
     Example
     -------
@@ -56,15 +58,23 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         super().__init__(*args, freeze_params=freeze_params, **kwargs)
         if freeze_params and hasattr(self.mods.masknet, "fuse_for_inference"):  # inference only
             self.mods.masknet.fuse_for_inference()
-    CARD = "mossformer-8k"
+    CARDS = ("mossformer-8k", "mossformer2-ss-16k")
+
+    @classmethod
+    def _folder_card(cls, folder):
+        # ClearerVoice-Studio (MossFormer2) folders name their checkpoint in last_best_checkpoint.
+        return cls.CARDS[1] if os.path.exists(os.path.join(folder, "last_best_checkpoint")) else cls.CARDS[0]
 
     @classmethod
     def _load_official(cls, hparams, folder):
-        from speechbrain_ext.convert import mossformer_from_official, read_official_configuration
+        from speechbrain_ext.convert import mossformer2_from_official, mossformer_from_official, read_official_configuration
 
-        official = mossformer_from_official(folder)  # sized by the folder's configuration.json
+        if cls._folder_card(folder) == "mossformer2-ss-16k":
+            official = mossformer2_from_official(folder)
+        else:
+            official = mossformer_from_official(folder)  # sized by the folder's configuration.json
         hparams["num_spks"] = official.num_spks
-        # Official folders hold no rate (8 kHz); the folders we write hold theirs.
+        # Official folders hold no rate (the card's); the folders we write hold theirs.
         rate = read_official_configuration(os.path.join(folder, "configuration.json")).get("sample_rate")
         if isinstance(rate, (int, float)) and rate > 0:
             hparams["sample_rate"] = int(rate)

@@ -3,9 +3,9 @@
 ``from_hparams(source=...)`` accepts, besides everything SpeechBrain accepts (a local model
 folder or a Hugging Face repo holding ``hyperparams.yaml`` and checkpoints):
 
-- the official repositories by id: ``alibabasglab/FRCRN_SE_16K`` (Hugging Face,
-  ClearerVoice-Studio layout) and the ModelScope ids of FRCRN and MossFormer (through the
-  ``modelscope`` hub client);
+- the official repositories by id: ``alibabasglab/FRCRN_SE_16K``,
+  ``alibabasglab/MossFormer2_SS_16K`` and ``alibabasglab/MossFormer2_SE_48K`` (Hugging Face, ClearerVoice-Studio layout) and the
+  ModelScope ids of FRCRN and MossFormer (through the ``modelscope`` hub client);
 - a local folder holding an official checkpoint (ModelScope or ClearerVoice layout).
 
 Official weights carry no SpeechBrain yaml: the package ships the model card
@@ -38,6 +38,8 @@ OFFICIAL_REPOS = {
     "iic/speech_frcrn_ans_cirm_16k": OfficialRepo("modelscope", "frcrn-16k"),
     "damo/speech_mossformer_separation_temporal_8k": OfficialRepo("modelscope", "mossformer-8k"),
     "iic/speech_mossformer_separation_temporal_8k": OfficialRepo("modelscope", "mossformer-8k"),
+    "alibabasglab/MossFormer2_SS_16K": OfficialRepo("huggingface", "mossformer2-ss-16k"),
+    "alibabasglab/MossFormer2_SE_48K": OfficialRepo("huggingface", "mossformer2-se-48k"),
 }
 
 # Files that mark a folder as holding official (not SpeechBrain-format) weights.
@@ -101,32 +103,38 @@ def download_official(repo_id, revision=None):
         raise SourceError(f"could not download {repo_id} from ModelScope: {str(error).splitlines()[0]}") from None
 
 
-def official_folder(source, card, revision=None):
-    """Resolve ``source`` to a local folder of official weights for ``card``, or None.
+def official_folder(source, cards, revision=None):
+    """Resolve ``source`` to ``(local folder of official weights, card)``, or None.
 
-    None means "a SpeechBrain-format source": let SpeechBrain's own loading handle it.
+    ``cards`` are the cards the caller loads; for a local folder the card is left to the caller
+    (None). None means "a SpeechBrain-format source": let SpeechBrain's own loading handle it.
     """
     source = os.fspath(source)
     if is_official_folder(source):
-        return source
+        return source, None
     repo = OFFICIAL_REPOS.get(source)
     if repo is None:
         return None
-    if repo.card != card:
-        raise SourceError(f"{source} holds a {repo.card} model, not a {card} one")
-    return download_official(source, revision)
+    if repo.card not in cards:
+        raise SourceError(f"{source} holds a {repo.card} model, not a {' or '.join(cards)} one")
+    return download_official(source, revision), repo.card
 
 
 class OfficialSourceMixin:
     """Adds official sources to ``Pretrained.from_hparams``.
 
-    Subclasses set ``CARD`` (the shipped card's folder name) and implement
-    ``_load_official(hparams, folder)``, which returns the modules filled from the official
-    files in ``folder``, sized by the folder's ``configuration.json`` when it has one (the
-    card's official sizes otherwise), and may update ``hparams`` (e.g. ``num_spks``).
+    Subclasses set ``CARDS`` (the shipped cards' folder names, of the models they load) and
+    implement ``_folder_card(folder)``, which names the card of a local folder of official
+    weights, and ``_load_official(hparams, folder)``, which returns the modules filled from the
+    official files in ``folder``, sized by the folder's ``configuration.json`` when it has one
+    (the card's official sizes otherwise), and may update ``hparams`` (e.g. ``num_spks``).
     """
 
-    CARD = None
+    CARDS = ()
+
+    @classmethod
+    def _folder_card(cls, folder):
+        return cls.CARDS[0]
 
     @classmethod
     def from_hparams(cls, source, hparams_file="hyperparams.yaml", revision=None, overrides=None, **kwargs):
@@ -145,14 +153,16 @@ class OfficialSourceMixin:
         **kwargs
             Passed on to ``Pretrained.from_hparams`` / the constructor (``run_opts``, ``savedir``...).
         """
-        folder = official_folder(source, cls.CARD, revision)
-        if folder is None:
+        official = official_folder(source, cls.CARDS, revision)
+        if official is None:
             if revision is not None:
                 from speechbrain.utils.fetching import FetchConfig
 
                 kwargs["fetch_config"] = FetchConfig(revision=revision, allow_updates=True)
             return super().from_hparams(source, hparams_file=hparams_file, overrides=overrides or {}, **kwargs)
-        with open(card_path(cls.CARD), encoding="utf-8") as stream:
+        folder, card = official
+        card = card or cls._folder_card(folder)
+        with open(card_path(card), encoding="utf-8") as stream:
             hparams = load_hyperpyyaml(stream, overrides or {})
         modules = cls._load_official(hparams, folder)
         hparams.update(modules)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recipe for training MossFormer speech separation on WHAM! (wsj0-2mix with noise).
+"""Recipe for training MossFormer / MossFormer2 speech separation on WHAM! (wsj0-2mix with noise).
 
 The same training as ``recipes/WSJ0Mix/separation`` (permutation-invariant SI-SNR, loss
 threshold, skipped non-finite losses, gradient clipping, optional mixed precision, dynamic
@@ -14,6 +14,7 @@ To run it:
     python train.py hparams/mossformer.yaml --data_folder /path/to/wsj0-mix/2speakers \\
         --wham_noise_folder /path/to/wham_noise                                  # noise on the fly
     python train.py hparams/mossformer_small.yaml --data_folder ...             # quick experiments
+    python train.py hparams/mossformer2.yaml --data_folder ...           # MossFormer2, 16 kHz
     torchrun --nproc_per_node=4 train.py hparams/mossformer.yaml --data_folder ...
     python train.py hparams/mossformer.yaml --data_folder ... --pretrained_path /path/to/official_model
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recipe for training MossFormer speech separation on wsj0-2mix / wsj0-3mix.
+"""Recipe for training MossFormer / MossFormer2 speech separation on wsj0-2mix / wsj0-3mix.
 
 The separator is the encoder / masknet / decoder of ``hparams/mossformer.yaml`` at the
 repository root (the official MossFormer, SepFormer's contract), trained as SpeechBrain trains
@@ -15,6 +15,7 @@ To run it:
     python train.py hparams/mossformer.yaml --data_folder /path/to/wsj0-mix/3speakers --num_spks 3
     python train.py hparams/mossformer.yaml --data_folder ... --dynamic_mixing True
     python train.py hparams/mossformer_small.yaml --data_folder ...      # quick experiments
+    python train.py hparams/mossformer2.yaml --data_folder ...           # MossFormer2, 16 kHz
     torchrun --nproc_per_node=4 train.py hparams/mossformer.yaml --data_folder ...
     python train.py hparams/mossformer.yaml --data_folder ... --pretrained_path /path/to/official_model
 

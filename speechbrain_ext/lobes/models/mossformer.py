@@ -285,10 +285,11 @@ class DepthwiseTimeConv(nn.Conv1d):
 
 
 class ConvFeedForward(nn.Module):
-    """ScaleNorm -> Linear -> SiLU -> depthwise temporal convolution (residual) -> dropout.
+    """Norm -> Linear -> SiLU -> depthwise temporal convolution (residual) -> dropout.
 
-    ScaleNorm (Nguyen & Salazar, 2019) divides every frame by its root mean square (at least
-    ``eps``) and multiplies it by one learned gain.
+    The norm is ScaleNorm (Nguyen & Salazar, 2019), which divides every frame by its root mean
+    square (at least ``eps``) and multiplies it by one learned gain, or a LayerNorm (as in the
+    gated FSMN of MossFormer2).
 
     Arguments
     ---------
@@ -301,20 +302,31 @@ class ConvFeedForward(nn.Module):
     dropout : float
         Dropout on the output.
     eps : float
-        Smallest root mean square ScaleNorm divides by.
+        Smallest root mean square ScaleNorm divides by (the LayerNorm's epsilon otherwise).
+    norm : str
+        ``"scale"`` (ScaleNorm, one learned ``gain``) or ``"layer"`` (LayerNorm over the
+        channels, learned ``layer_norm.weight`` and ``.bias``).
 
     Example
     -------
     >>> ffn = ConvFeedForward(16, 32)
     >>> ffn(torch.randn(2, 40, 16)).shape
     torch.Size([2, 40, 32])
+    >>> ConvFeedForward(16, 16, norm="layer")(torch.randn(2, 40, 16)).shape
+    torch.Size([2, 40, 16])
     """
 
     def __init__(
-        self, input_size, output_size, kernel_size=CONV_KERNEL_SIZE, dropout=0.1, eps=1e-5
+        self, input_size, output_size, kernel_size=CONV_KERNEL_SIZE, dropout=0.1, eps=1e-5, norm="scale"
     ):
         super().__init__()
-        self.gain = nn.Parameter(torch.ones(1))
+        if norm == "scale":
+            self.gain = nn.Parameter(torch.ones(1))
+            self.layer_norm = None
+        elif norm == "layer":
+            self.layer_norm = nn.LayerNorm(input_size, eps=eps)
+        else:
+            raise ValueError(f"norm must be 'scale' or 'layer', got {norm!r}")
         self.eps = eps
         self.linear = nn.Linear(input_size, output_size)
         self.conv = DepthwiseTimeConv(output_size, kernel_size)
@@ -322,6 +334,9 @@ class ConvFeedForward(nn.Module):
 
     def forward(self, x):
         """Maps [B, L, input_size] to [B, L, output_size]."""
+        if self.layer_norm is not None:
+            hidden = self.linear(self.layer_norm(x))
+            return self.dropout(self.conv(F.silu(hidden, inplace=True), residual=True))
         root = math.sqrt(x.shape[-1])
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         scale = self.gain * root / norm.clamp_min(self.eps * root)  # ScaleNorm, per frame
@@ -556,6 +571,9 @@ class MossFormerMaskNet(nn.Module):
         Channels N of the encoder output (and of the masks).
     out_channels : int
         Channels inside the network (the model dimension of the blocks).
+    mask_channels : int, optional
+        Channels of the masks when they are not ``in_channels`` (e.g. the frequency bins of a
+        spectral mask computed from other features).
     num_spks : int
         Number of speakers (masks).
     num_blocks : int
@@ -597,7 +615,7 @@ class MossFormerMaskNet(nn.Module):
         num_blocks=24, d_model=None, group_size=256, query_key_dim=128, expansion_factor=4.0,
         attn_dropout=0.1, causal=False,
         # around it
-        norm="ln", skip_connection=True, use_global_pos_enc=True,
+        norm="ln", skip_connection=True, use_global_pos_enc=True, mask_channels=None,
     ):  # fmt: skip
         super().__init__()
         if d_model is not None and d_model != out_channels:
@@ -630,7 +648,7 @@ class MossFormerMaskNet(nn.Module):
         self.speaker_split = nn.Conv1d(out_channels, out_channels * num_spks, 1)
         self.mask_value = nn.Conv1d(out_channels, out_channels, 1)
         self.mask_gate = nn.Conv1d(out_channels, out_channels, 1)
-        self.mask_proj = nn.Conv1d(out_channels, in_channels, 1, bias=False)
+        self.mask_proj = nn.Conv1d(out_channels, mask_channels or in_channels, 1, bias=False)
         self.recycles_memory = False  # see fuse_for_inference
 
     def fuse_for_inference(self):
@@ -664,6 +682,12 @@ class MossFormerMaskNet(nn.Module):
         with recycled_memory(self.recycles_memory):
             return self._masks(x)
 
+    def _block_stack(self, h, rotation):
+        """The blocks in turn on the time-major sequence ``h`` [B, L, C]."""
+        for block in self.blocks:
+            h = block(h, rotation)
+        return h
+
     def _masks(self, x):
         batch, _, frames = x.shape
         x = self.bottleneck(self.input_norm(x))
@@ -671,10 +695,7 @@ class MossFormerMaskNet(nn.Module):
             x = x + self.pos_encoding(frames).transpose(0, 1)
 
         h = x.transpose(1, 2).contiguous()  # the blocks run time-major: [B, L, C]
-        rotation = self.rotary(frames)
-        for block in self.blocks:
-            h = block(h, rotation)
-        h = self.blocks_norm(h).transpose(1, 2)
+        h = self.blocks_norm(self._block_stack(h, self.rotary(frames))).transpose(1, 2)
         if self.post_norm is not None:
             h = self.post_norm(h)
         if self.skip_connection:
