@@ -1,8 +1,10 @@
-"""Speed and memory of our MossFormer / MossFormer2 against the reference implementations.
+"""Speed and memory of our MossFormer / MossFormer2 models against the reference implementations.
 
-The reference of MossFormer is ModelScope's, of MossFormer2 ClearerVoice-Studio's. Both run the
-official architecture (24 blocks, 512 channels) with the same random weights on the same noise
-(8 kHz for MossFormer, 16 kHz for MossFormer2), on CPU with 2 threads under
+The reference of MossFormer is ModelScope's, of the MossFormer2 separator (``mossformer2``) and
+enhancer (``mossformer2_se``: features, network, mask and resynthesis as ClearVoice decodes,
+dithering off) ClearerVoice-Studio's. Both run the official architecture (24 blocks, 512
+channels) with the same random weights on the same noise (8 kHz for MossFormer, 16 kHz for
+the MossFormer2 separator, 48 kHz for the enhancer), on CPU with 2 threads under
 ``torch.inference_mode()``. Every (implementation, duration) pair runs in its own subprocess, so
 that its peak resident memory (``getrusage`` high-water mark) is its own. Prints a markdown table.
 
@@ -11,6 +13,7 @@ Usage::
     python benchmarks/mossformer_speed.py                  # MossFormer, 10 s and 60 s
     python benchmarks/mossformer_speed.py --seconds 10 --repeats 3 --output table.md
     python benchmarks/mossformer_speed.py --model mossformer2 --seconds 3 10
+    python benchmarks/mossformer_speed.py --model mossformer2_se --seconds 10 60
 
 Each (implementation, duration) pair runs ``--repeats`` times, alternating the two
 implementations; the fastest run of each is reported.
@@ -30,7 +33,9 @@ import time
 import torch
 
 THREADS = 2
-SAMPLE_RATES = {"mossformer": 8000, "mossformer2": 16000}
+SAMPLE_RATES = {"mossformer": 8000, "mossformer2": 16000, "mossformer2_se": 48000}
+TITLES = {"mossformer": "MossFormer (8 kHz)", "mossformer2": "MossFormer2 separation (16 kHz)",
+          "mossformer2_se": "MossFormer2 enhancement (48 kHz)"}
 OFFICIAL = dict(
     num_spks=2, kernel_size=16, in_channels=512, out_channels=512, stride=8, bias=False,
     num_blocks=24, d_model=512, attn_dropout=0.1, group_size=256, query_key_dim=128,
@@ -42,12 +47,13 @@ IMPLEMENTATIONS = ("ours", "reference")
 def write_random_official_checkpoint(model_name, directory, seed=0):
     """Saves a reference model with random weights in its official layout: MossFormer as
     encoder/masknet/decoder.bin, MossFormer2 as ClearerVoice-Studio's {'model': state dict}."""
-    if model_name == "mossformer2":
+    if model_name in ("mossformer2", "mossformer2_se"):
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-        from conftest import make_reference_mossformer2
+        from conftest import make_reference_mossformer2, make_reference_mossformer2_se
 
-        torch.save({"model": make_reference_mossformer2(dim=512, num_blocks=24, seed=seed).state_dict()},
-                   os.path.join(directory, "mossformer2.pt"))
+        reference = (make_reference_mossformer2(dim=512, num_blocks=24, seed=seed) if model_name == "mossformer2"
+                     else make_reference_mossformer2_se(seed=seed))
+        torch.save({"model": reference.state_dict()}, os.path.join(directory, f"{model_name}.pt"))
         return
     from modelscope.models.audio.separation.mossformer import MossFormer as ReferenceMossFormer
 
@@ -72,7 +78,54 @@ class _ListToTensor(torch.nn.Module):
         return torch.stack(self.model(mix), dim=-1)
 
 
+class _ClearVoiceEnhancer(torch.nn.Module):
+    """The reference MossFormer2_SE_48K as ClearVoice decodes one input (its one-pass branch, with
+    the features' dithering off), [1, T] -> [1, T, 1]."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+        self.register_buffer("window", torch.hamming_window(1920, periodic=False))
+
+    def forward(self, mix):
+        import torchaudio
+
+        audio = mix[0] * 32768.0
+        mels = torchaudio.compliance.kaldi.fbank(audio[None], dither=0.0, frame_length=40.0, frame_shift=8.0,
+                                                 num_mel_bins=60, sample_frequency=48000, window_type="hamming")
+        deltas = torchaudio.functional.compute_deltas(mels.T)
+        features = torch.cat([mels, deltas.T, torchaudio.functional.compute_deltas(deltas).T], dim=1)[None]
+        mask = self.network(features)[-1]
+        spectrum = torch.stft(audio, 1920, 384, 1920, center=False, window=self.window, return_complex=True)
+        out = torch.istft(spectrum * mask[0].T, 1920, 384, 1920, self.window, center=False, length=len(audio))
+        return (out / 32768.0)[None, :, None]
+
+
+class _WithSourceAxis(torch.nn.Module):
+    """Our enhancer with a trailing source axis, [B, T] -> [B, T, 1], as the table compares."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mix):
+        return self.model(mix)[..., None]
+
+
 def load_model(model_name, implementation, directory):
+    if model_name == "mossformer2_se":
+        checkpoint = os.path.join(directory, "mossformer2_se.pt")
+        if implementation == "ours":
+            from speechbrain_ext.convert import mossformer2_se_from_official
+
+            return _WithSourceAxis(mossformer2_se_from_official(checkpoint).fuse_for_inference())
+        import argparse as _argparse
+
+        from clearvoice.models.mossformer2_se.mossformer2_se_wrapper import MossFormer2_SE_48K
+
+        network = MossFormer2_SE_48K(_argparse.Namespace()).model
+        network.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        return _ClearVoiceEnhancer(network).eval()
     if model_name == "mossformer2":
         checkpoint = os.path.join(directory, "mossformer2.pt")
         if implementation == "ours":
@@ -194,7 +247,7 @@ def main():
 
     table = "\n".join(rows)
     header = (
-        f"{'MossFormer2 (16 kHz)' if args.model == 'mossformer2' else 'MossFormer (8 kHz)'}, official size, "
+        f"{TITLES[args.model]}, official size, "
         f"random weights, CPU, torch {torch.__version__}, "
         f"{THREADS} threads, inference_mode, fastest of {args.repeats} run(s); "
         f"load average at the end: {os.getloadavg()[0]:.2f}\n\n"

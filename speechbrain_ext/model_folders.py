@@ -126,9 +126,11 @@ def speechbrain_card(interface, source=None):
         if _is_mossformer2(interface):
             masknet = "speechbrain_ext.lobes.models.mossformer2.MossFormer2MaskNet"
             recurrence = ("fsmn_channels", "memory_order", "memory_depth")
+        chunk = getattr(interface.hparams, "chunk_seconds", None)
         body = [
             f"sample_rate: {interface.hparams.sample_rate}",
             f"num_spks: {config['num_spks']}",
+            *([f"chunk_seconds: {float(chunk)}"] if chunk is not None else []),
             "",
             _yaml_block("encoder", "speechbrain_ext.lobes.models.mossformer.MossFormerEncoder",
                         {k: config[k] for k in ("kernel_size", "out_channels")}),

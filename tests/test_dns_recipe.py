@@ -282,6 +282,51 @@ def test_finetuning_starts_from_official_weights(dns_folder, tmp_path):
     assert epochs[0]["valid"]["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
 
 
+def test_mossformer2_fullband_finetunes_trains_and_evaluates_at_48k(tmp_path):
+    """hparams/mossformer2_se.yaml on the fullband layout (datasets_fullband/, 48 kHz): fine-tuning
+    from a ClearerVoice-Studio folder (a tiny MossFormer2SE, random weights), its validation as
+    epoch 0 equal to the loss computed here, one epoch, the synthetic test set scored and the
+    model exported for EnhanceMossFormer2."""
+    from speechbrain_ext.audio import whole_frames_length
+    from speechbrain_ext.convert import mossformer2_se_to_official
+    from speechbrain_ext.inference import EnhanceMossFormer2
+    from speechbrain_ext.lobes.models.mossformer2_se import MossFormer2SE
+    from speechbrain_ext.training.enhancement import negative_si_snr
+
+    from conftest import perturb_
+
+    data = synthetic_dns.make_synthetic_dns(str(tmp_path / "DNS-Challenge"), num_clean=4, clean_seconds=1.0,
+                                            num_noise=2, num_rirs=0, num_test=2, test_seconds=0.6,
+                                            with_reverb_test=False, seed=4, fullband=True)
+    assert os.path.isdir(os.path.join(data, "datasets_fullband", "clean_fullband", "read_speech"))
+    tiny = dict(d_model=16, num_blocks=1, group_size=16, query_key_dim=16, fsmn_channels=16)
+    torch.manual_seed(0)
+    model = perturb_(MossFormer2SE(**tiny), 1)
+    mossformer2_se_to_official(model, tmp_path / "MossFormer2_SE_48K", sample_rate=48000)
+    output = tmp_path / "run"
+    run_recipe(recipe_command(
+        "mossformer2_se.yaml", data, output, *(item for k, v in tiny.items() for item in (f"--{k}", str(v))),
+        "--pretrained_path", str(tmp_path / "MossFormer2_SE_48K"), "--segment_seconds", "0.5", "--batch_size", "2",
+        "--num_workers", "0", "--num_valid_mixtures", "2", "--number_of_epochs", "1", "--test_subsets", "[no_reverb]",
+        "--noprogressbar", "--ckpt_interval_minutes", "0",
+    ))
+    epochs = history(output)
+    assert [entry["epoch"] for entry in epochs] == [0, 1]
+    assert epochs[1]["lr"] == pytest.approx(1e-5)  # finetune_lr
+    with open(os.path.join(output, "save", "valid.csv"), newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    segment = whole_frames_length(24000, 1920, 384, rounding="nearest")  # as train.py: whole frames
+    losses = []
+    with torch.no_grad():
+        for row in rows:
+            noisy, clean = prepare_dns.validation_mixture(row, segment_samples=segment, sample_rate=48000)
+            losses.append(float(negative_si_snr(model.eval()(noisy[None]), noisy[None], clean[None]).mean()))
+    assert epochs[0]["valid"]["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+    assert_evaluation_written(output, "no_reverb")
+    exported = EnhanceMossFormer2.from_hparams(source=str(output / "model"), savedir=str(output / "model"))
+    assert exported.sample_rate == 48000 and type(exported.mods.model).__name__ == "MossFormer2SE"
+
+
 @pytest.mark.parametrize("module", [synthetic_dns], ids=lambda module: module.__name__)
 def test_recipe_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -243,6 +243,7 @@ def test_mossformer2_layouts_and_speechbrain_round_trip(tmp_path):
     torch.manual_seed(0)
     small = randomize_(MossFormer2(**mossformer2_kwargs(32, 1), group_size=16, query_key_dim=16, fsmn_channels=16), 4)
     separator = _separator(small.eval())
+    separator.hparams.chunk_seconds = 0.5  # as a card sets it (MossFormer2's: 15 s)
     write_model_folder(separator, tmp_path / "sb")
     code, message = convert("separation", tmp_path / "sb", tmp_path / "ms", "modelscope")
     assert code == 1 and "ModelScope has no MossFormer2" in message
@@ -255,6 +256,15 @@ def test_mossformer2_layouts_and_speechbrain_round_trip(tmp_path):
     assert again.mods.masknet.recurrences[0].input_proj.out_features == 16
     mixture = 0.1 * torch.randn(1, 4000, generator=torch.Generator().manual_seed(7))
     assert torch.equal(again.separate_batch(mixture), separator.separate_batch(mixture))
+
+    # The card's chunk length is the default of separate_file ("auto").
+    assert again.hparams.chunk_seconds == 0.5
+    import soundfile
+
+    soundfile.write(tmp_path / "mix.wav", 0.1 * np.random.default_rng(0).standard_normal(32000), 16000)
+    auto = again.separate_file(str(tmp_path / "mix.wav"))
+    assert torch.equal(auto, again.separate_file(str(tmp_path / "mix.wav"), chunk_seconds=0.5))
+    assert not torch.equal(auto, again.separate_file(str(tmp_path / "mix.wav"), chunk_seconds=None))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from speechbrain_ext.lobes.models.masking import encode_mask_decode
 
 #: Peak level of each separated speaker in written files (the official pipeline's 0.5).
 OUTPUT_PEAK = 0.5
+#: Chunk length of long files when the model card names none (``chunk_seconds`` in its hparams:
+#: the MossFormer2 card, at twice the rate, asks for 15 s, the same number of frames).
+DEFAULT_CHUNK_SECONDS = 30.0
 
 
 class SeparateMossFormer(OfficialSourceMixin, Pretrained):
@@ -117,7 +120,7 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         return chunked_inference(iter(reader), reader.num_samples, process, chunk, overlap, batch_size,
                                  guard=int(0.01 * self.sample_rate), align_sources=True)
 
-    def separate_file(self, path, savedir=None, chunk_seconds=30.0, overlap_seconds=None, batch_size=1,
+    def separate_file(self, path, savedir=None, chunk_seconds="auto", overlap_seconds=None, batch_size=1,
                       channels="mix", output_rate=None, subtype="PCM_16"):
         """Separate the speakers of an audio file of any length, sample rate and channel count.
 
@@ -132,9 +135,10 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
             Folder for one file per speaker, ``<name>_spk1.wav``, ``<name>_spk2.wav``, ...; each
             speaker is scaled to a peak of 0.5 (as the official pipeline does). Written through
             temporary files and renamed when complete.
-        chunk_seconds : float or None
-            Chunk length (``None``: the whole file at once; MossFormer's attention then grows
-            with the square of the length inside each 256-frame group, linearly across groups).
+        chunk_seconds : float, None or "auto"
+            Chunk length (``None``: the whole file at once, in memory that grows with its length;
+            ``"auto"``: the card's ``chunk_seconds``, 30 s for MossFormer at 8 kHz and 15 s for
+            MossFormer2 at 16 kHz, the same 30,000 encoder frames).
         overlap_seconds : float, optional
             Overlap between chunks, used to align and cross-fade them (default: 2 s, at most a
             quarter chunk).
@@ -154,6 +158,8 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
             each scaled to a peak of 1 like SpeechBrain's ``separate_file``. With it: the paths
             written.
         """
+        if isinstance(chunk_seconds, str) and chunk_seconds == "auto":
+            chunk_seconds = getattr(self.hparams, "chunk_seconds", DEFAULT_CHUNK_SECONDS)
         chunk_seconds, overlap_seconds = check_chunking(chunk_seconds, overlap_seconds)
         batch_size, channels = check_batch_size(batch_size), check_channels(channels)
         output_rate = check_output_rate(output_rate)

@@ -1,12 +1,22 @@
-"""Manifests of the DNS-Challenge (interspeech2020) data for the FRCRN enhancement recipe.
+"""Manifests of the DNS-Challenge data for the enhancement recipe (FRCRN, MossFormer2).
 
-Reads the layout of https://github.com/microsoft/DNS-Challenge (interspeech2020 branch)::
+Reads the layouts of https://github.com/microsoft/DNS-Challenge: the wideband one of the
+interspeech2020 branch (16 kHz)::
 
     datasets/clean/*.wav                      clean read speech (training material)
     datasets/noise/*.wav                      noise clips (training material)
     datasets/impulse_responses/**/*.wav       room impulse responses (optional)
     datasets/test_set/synthetic/{no_reverb,with_reverb}/{clean,noisy}/
         noisy/..._fileid_N.wav <-> clean/clean_fileid_N.wav
+
+and the fullband one of the later challenges (ICASSP 2021 onwards, 48 kHz)::
+
+    datasets_fullband/clean_fullband/**/*.wav     clean speech, in per-corpus folders
+    datasets_fullband/noise_fullband/**/*.wav     noise clips
+    datasets_fullband/impulse_responses/**/*.wav  room impulse responses (optional)
+    datasets_fullband/test_set/synthetic/...      a synthetic test set in the layout above, if
+                                                  you have one (the fullband dev test set holds
+                                                  noisy clips only: no references to score)
 
 and writes SpeechBrain CSV manifests (``ID`` first, ``duration`` in seconds, absolute paths)
 into ``save_folder``:
@@ -51,29 +61,54 @@ ACTIVE_SEGMENT_TRIES = 10
 
 
 class DNSLayoutError(SpeechBrainExtError, ValueError):
-    """The data folder is not a DNS-Challenge (interspeech2020) checkout."""
+    """The data folder is not a DNS-Challenge checkout."""
+
+
+# (clean folder, noise folder, recursive) inside the datasets folder, wideband and fullband.
+_LAYOUTS = (("clean", "noise", False), ("clean_fullband", "noise_fullband", True))
+
+
+def _wavs(folder, recursive):
+    pattern = os.path.join(folder, "**", "*.wav") if recursive else os.path.join(folder, "*.wav")
+    return sorted(glob.glob(pattern, recursive=recursive))
+
+
+def _layout(datasets):
+    """The (clean folder, noise folder, recursive) of a datasets folder, or None."""
+    for clean, noise, recursive in _LAYOUTS:
+        if _wavs(os.path.join(datasets, clean), recursive) and _wavs(os.path.join(datasets, noise), recursive):
+            return clean, noise, recursive
+    return None
+
+
+def clean_and_noise_files(datasets):
+    """The clean and noise files of a ``datasets`` / ``datasets_fullband`` folder."""
+    clean, noise, recursive = _layout(datasets)
+    return _wavs(os.path.join(datasets, clean), recursive), _wavs(os.path.join(datasets, noise), recursive)
 
 
 def find_datasets_folder(data_folder):
-    """The ``datasets`` folder of a DNS-Challenge checkout (``data_folder`` may be either).
+    """The ``datasets`` (or ``datasets_fullband``) folder of a DNS-Challenge checkout
+    (``data_folder`` may be either).
 
     Raises
     ------
     DNSLayoutError
         Naming what was expected and what was found.
     """
-    candidates = [os.path.join(data_folder, "datasets"), data_folder]
+    candidates = [os.path.join(data_folder, "datasets"), os.path.join(data_folder, "datasets_fullband"), data_folder]
     for folder in candidates:
-        if glob.glob(os.path.join(folder, "clean", "*.wav")) and glob.glob(os.path.join(folder, "noise", "*.wav")):
+        if _layout(folder):
             return folder
     if not os.path.isdir(data_folder):
         found = "the folder does not exist"
     else:
         found = "found: " + (", ".join(sorted(os.listdir(data_folder))[:8]) or "an empty folder")
     raise DNSLayoutError(
-        f"{data_folder} is not a DNS-Challenge (interspeech2020) folder: expected datasets/clean/*.wav and "
-        f"datasets/noise/*.wav in it ({found}). Clone https://github.com/microsoft/DNS-Challenge "
-        "(branch interspeech2020/master, with its git-lfs audio) and pass its root as --data_folder."
+        f"{data_folder} is not a DNS-Challenge folder: expected datasets/clean/*.wav and datasets/noise/*.wav "
+        f"(interspeech2020) or datasets_fullband/clean_fullband/**/*.wav and .../noise_fullband/**/*.wav in it "
+        f"({found}). Get https://github.com/microsoft/DNS-Challenge (branch interspeech2020/master with its "
+        "git-lfs audio, or the fullband data of its download scripts) and pass its root as --data_folder."
     )
 
 
@@ -202,8 +237,7 @@ def _test_rows(subset_folder, subset):
 def _file_counts(datasets, use_rirs, test_subsets):
     """How many files the layout holds: part of the signature, so added data re-prepares."""
     counts = {
-        "clean": len(glob.glob(os.path.join(datasets, "clean", "*.wav"))),
-        "noise": len(glob.glob(os.path.join(datasets, "noise", "*.wav"))),
+        **dict(zip(("clean", "noise"), map(len, clean_and_noise_files(datasets)))),
     }
     if use_rirs:
         counts["rir"] = len(_rir_files(datasets))
@@ -318,8 +352,9 @@ def prepare_dns(
     os.makedirs(save_folder, exist_ok=True)
     paths = manifest_paths(save_folder, test_subsets)
     rng = np.random.default_rng(seed)
-    clean = _audio_info(sorted(glob.glob(os.path.join(datasets, "clean", "*.wav"))), sample_rate, "clean")
-    noise = _audio_info(sorted(glob.glob(os.path.join(datasets, "noise", "*.wav"))), sample_rate, "noise")
+    clean_files, noise_files = clean_and_noise_files(datasets)
+    clean = _audio_info(clean_files, sample_rate, "clean")
+    noise = _audio_info(noise_files, sample_rate, "noise")
     clean_train, clean_valid = _split(clean, valid_fraction, rng, "clean")
     noise_train, noise_valid = _split(noise, valid_fraction, rng, "noise")
     rir_train, rir_valid = [], []

@@ -2,7 +2,10 @@
 """A miniature DNS-Challenge (interspeech2020) folder made of generated signals.
 
 It has the real layout, so the recipe runs on it unchanged: tests, demos and the learning
-benchmark use it where the real data (about 900 GB) is not at hand::
+benchmark use it where the real data (about 900 GB) is not at hand. The wideband
+(interspeech2020, 16 kHz) layout by default; with ``fullband=True`` the fullband one at 48 kHz
+(``datasets_fullband/clean_fullband/read_speech/``, ``noise_fullband/``, RIRs and a synthetic
+test set in the same places)::
 
     datasets/clean/*.wav                          speech-like signals
     datasets/noise/*.wav                          white / pink / babble / hum / click noises
@@ -64,9 +67,9 @@ def synthetic_rir(rng, sample_rate=SAMPLE_RATE, seconds=0.25):
     return (rir / np.max(np.abs(rir)) * 0.9).astype(np.float32)
 
 
-def _write(path, signal):
+def _write(path, signal, rate=SAMPLE_RATE):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    sf.write(path, signal, SAMPLE_RATE, subtype="PCM_16")
+    sf.write(path, signal, rate, subtype="PCM_16")
 
 
 def make_synthetic_dns(
@@ -83,6 +86,7 @@ def make_synthetic_dns(
     with_reverb_test=True,
     seed=0,
     test_seed=None,
+    fullband=False,
 ):
     """Write a DNS-Challenge-shaped folder of generated audio under ``root``; returns ``root``.
 
@@ -104,6 +108,8 @@ def make_synthetic_dns(
         Seed of the training material (clean, noise, RIRs).
     test_seed : int, optional
         Seed of the test set; by default an independent stream derived from ``seed``.
+    fullband : bool
+        Write the fullband layout (``datasets_fullband/``) at 48 kHz instead of the wideband one.
 
     Example
     -------
@@ -112,7 +118,10 @@ def make_synthetic_dns(
     >>> sorted(os.listdir(os.path.join(root, "datasets")))
     ['clean', 'impulse_responses', 'noise', 'test_set']
     """
-    datasets = os.path.join(root, "datasets")
+    rate = 48000 if fullband else SAMPLE_RATE
+    datasets = os.path.join(root, "datasets_fullband" if fullband else "datasets")
+    clean_folder = os.path.join("clean_fullband", "read_speech") if fullband else "clean"
+    noise_folder = "noise_fullband" if fullband else "noise"
     train_rng = np.random.default_rng(seed)
     test_rng = np.random.default_rng(seed + TEST_SEED_OFFSET if test_seed is None else test_seed)
 
@@ -120,30 +129,31 @@ def make_synthetic_dns(
         return int(rng.integers(0, 2**31 - 1))
 
     for index in range(num_clean):
-        speech = speech_like(clean_seconds, SAMPLE_RATE, seed=child(train_rng))
-        _write(os.path.join(datasets, "clean", f"book_{index:05d}_chp_0001_reader_{index % 3:05d}_{index}.wav"), speech)
+        speech = speech_like(clean_seconds, rate, seed=child(train_rng))
+        _write(os.path.join(datasets, clean_folder, f"book_{index:05d}_chp_0001_reader_{index % 3:05d}_{index}.wav"), speech,
+               rate)
     for index in range(num_noise):
         kind = noise_types[index % len(noise_types)]
-        noise = NOISE_GENERATORS[kind](noise_seconds, SAMPLE_RATE, seed=child(train_rng))
-        _write(os.path.join(datasets, "noise", f"{kind}_{index:04d}.wav"), noise)
+        noise = NOISE_GENERATORS[kind](noise_seconds, rate, seed=child(train_rng))
+        _write(os.path.join(datasets, noise_folder, f"{kind}_{index:04d}.wav"), noise, rate)
     for index in range(num_rirs):
-        _write(os.path.join(datasets, RIR_FOLDER, f"Room001-{index + 1:05d}.wav"), synthetic_rir(train_rng))
+        _write(os.path.join(datasets, RIR_FOLDER, f"Room001-{index + 1:05d}.wav"), synthetic_rir(train_rng, rate), rate)
 
     subsets = ["no_reverb"] + (["with_reverb"] if with_reverb_test else [])
     for subset in subsets:
         folder = os.path.join(datasets, "test_set", "synthetic", subset)
         for fileid in range(num_test):
-            clean = speech_like(test_seconds, SAMPLE_RATE, seed=child(test_rng)).astype(np.float64)
+            clean = speech_like(test_seconds, rate, seed=child(test_rng)).astype(np.float64)
             if subset == "with_reverb":  # DNS scores reverberant input against the reverberant clean
-                clean = fftconvolve(clean, synthetic_rir(test_rng))[: len(clean)]
+                clean = fftconvolve(clean, synthetic_rir(test_rng, rate))[: len(clean)]
             kind = noise_types[fileid % len(noise_types)]
-            noise = NOISE_GENERATORS[kind](test_seconds, SAMPLE_RATE, seed=child(test_rng))
+            noise = NOISE_GENERATORS[kind](test_seconds, rate, seed=child(test_rng))
             snr = float(test_rng.uniform(*test_snr_range))
             noisy, _ = mix_at_snr(clean, noise, snr)
             scale = min(1.0, 0.9 / max(float(np.max(np.abs(noisy))), float(np.max(np.abs(clean)))))
-            _write(os.path.join(folder, "clean", f"clean_fileid_{fileid}.wav"), clean * scale)
+            _write(os.path.join(folder, "clean", f"clean_fileid_{fileid}.wav"), clean * scale, rate)
             noisy_name = f"clnsp{fileid}_{kind}_{fileid}_snr{round(snr)}_tl-25_fileid_{fileid}.wav"
-            _write(os.path.join(folder, "noisy", noisy_name), noisy * scale)
+            _write(os.path.join(folder, "noisy", noisy_name), noisy * scale, rate)
     return root
 
 
@@ -159,5 +169,6 @@ if __name__ == "__main__":
     parser.add_argument("--test_seconds", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test_seed", type=int, default=None)
+    parser.add_argument("--fullband", action="store_true", help="the fullband layout at 48 kHz")
     arguments = vars(parser.parse_args())
     print(make_synthetic_dns(arguments.pop("root"), **arguments))

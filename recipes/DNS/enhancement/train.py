@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Recipe for training FRCRN speech enhancement on the DNS-Challenge (interspeech2020) data.
+"""Recipe for training FRCRN (16 kHz) or MossFormer2 (48 kHz fullband) speech enhancement on the
+DNS-Challenge data (the interspeech2020 wideband layout or the fullband one).
 
 Noisy/clean pairs are mixed on the fly from the DNS clean speech, noise and (optionally) room
 impulse responses (:class:`speechbrain_ext.training.mixing.NoiseMixer`); validation uses a
@@ -15,6 +16,8 @@ To run it:
     python train.py hparams/frcrn_small.yaml --data_folder ...          # quick experiments
     torchrun --nproc_per_node=4 train.py hparams/frcrn.yaml --data_folder ...
     python train.py hparams/frcrn.yaml --data_folder ... --pretrained_path pytorch_model.bin
+    python train.py hparams/mossformer2_se.yaml --data_folder ...       # fullband, 48 kHz
+    python train.py hparams/mossformer2_se.yaml --data_folder ... --pretrained_path /path/to/MossFormer2_SE_48K
 
 ``--pretrained_path`` starts from official FRCRN weights (ModelScope ``pytorch_model.bin`` or a
 ClearerVoice-Studio checkpoint) and trains with ``finetune_lr`` instead of ``lr``; the

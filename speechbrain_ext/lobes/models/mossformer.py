@@ -677,10 +677,11 @@ class MossFormerMaskNet(nn.Module):
             self.recycles_memory = False
         return super().train(mode)
 
-    def forward(self, x):
-        """Returns the masks [num_spks, B, N, L] for the encoded mixture ``x`` [B, N, L]."""
+    def forward(self, x, speakers=None):
+        """Returns the masks [num_spks, B, N, L] for the encoded mixture ``x`` [B, N, L]; with
+        ``speakers``, only the first ``speakers`` masks (e.g. 1 when only the first is used)."""
         with recycled_memory(self.recycles_memory):
-            return self._masks(x)
+            return self._masks(x, speakers or self.num_spks)
 
     def _block_stack(self, h, rotation):
         """The blocks in turn on the time-major sequence ``h`` [B, L, C]."""
@@ -688,7 +689,7 @@ class MossFormerMaskNet(nn.Module):
             h = block(h, rotation)
         return h
 
-    def _masks(self, x):
+    def _masks(self, x, speakers):
         batch, _, frames = x.shape
         x = self.bottleneck(self.input_norm(x))
         if self.pos_encoding is not None:
@@ -701,11 +702,13 @@ class MossFormerMaskNet(nn.Module):
         if self.skip_connection:
             h = h + x
 
-        h = self.speaker_split(self.prelu(h))  # [B, spks * C, L]
-        h = h.view(batch * self.num_spks, -1, frames)
+        split = self.speaker_split
+        streams = split.out_channels // self.num_spks * speakers  # the leading speakers' channels
+        h = F.conv1d(self.prelu(h), split.weight[:streams], split.bias[:streams])  # [B, speakers * C, L]
+        h = h.view(batch * speakers, -1, frames)
         h = torch.tanh(self.mask_value(h)) * torch.sigmoid(self.mask_gate(h))
-        masks = F.relu(self.mask_proj(h))  # [B * spks, N, L]
-        return masks.view(batch, self.num_spks, -1, frames).transpose(0, 1)
+        masks = F.relu(self.mask_proj(h))  # [B * speakers, N, L]
+        return masks.view(batch, speakers, -1, frames).transpose(0, 1)
 
 
 class MossFormer(nn.Module):

@@ -28,15 +28,105 @@ import torch.nn.functional as F
 
 from speechbrain_ext.lobes.models.mossformer import (
     ConvFeedForward,
+    DepthwiseTimeConv,
     MossFormer,
     MossFormerDecoder,
     MossFormerEncoder,
     MossFormerMaskNet,
+    _TimeMajorDepthwiseConv,
 )
 
 
+def dilated_time_convolution(x, weight, dilation=1):
+    """The "same" grouped convolution along time of ``x`` [B, L, n * C], time-major, with
+    ``weight`` [C, n, K] (K odd): output channel c reads input channels ``c * n ... c * n + n - 1``
+    at dilation ``dilation``; returns [B, L, C].
+
+    It runs as depthwise convolutions of the time-major memory (the fast CPU kernel, see
+    :class:`~speechbrain_ext.lobes.models.mossformer.DepthwiseTimeConv`): every input channel is
+    convolved with its own tap set, the ``n`` results of a group summed, and a dilated
+    convolution is ``dilation`` undilated ones, one per phase of the time axis (samples
+    ``r, r + d, r + 2d, ...``). Gradients flow through (the depthwise backward is the fast one).
+
+    Example
+    -------
+    >>> x, weight = torch.randn(2, 50, 8), torch.randn(4, 2, 5)
+    >>> expected = F.conv1d(x.transpose(1, 2), weight, padding=4, dilation=2, groups=4).transpose(1, 2)
+    >>> torch.allclose(dilated_time_convolution(x, weight, dilation=2), expected, atol=1e-5)
+    True
+    """
+    channels, per_group, taps = weight.shape
+    depthwise = weight.reshape(channels * per_group, 1, taps)
+    if dilation == 1:
+        out = _TimeMajorDepthwiseConv.apply(x, depthwise)
+    else:
+        batch, length, width = x.shape
+        x = F.pad(x, (0, 0, 0, (-length) % dilation))  # zeros, as the "same" padding
+        phases = [_TimeMajorDepthwiseConv.apply(x[:, r::dilation].contiguous(), depthwise) for r in range(dilation)]
+        out = torch.stack(phases, dim=2).view(batch, -1, width)[:, :length]  # phases interleaved back
+    # Sum each group's consecutive channels: adding strided views is many times faster on CPU
+    # than a reduction over a last axis of a few elements.
+    return sum(out[..., j::per_group] for j in range(1, per_group)) + out[..., ::per_group] if per_group > 1 else out
+
+
+class TimeGroupedConv(nn.Module):
+    """A bias-free grouped "same" convolution along time on time-major [B, L, n * C] -> [B, L, C]
+    (the weights of ``nn.Conv1d(n * C, C, K, dilation=d, groups=C)``); see
+    :func:`dilated_time_convolution`.
+
+    Example
+    -------
+    >>> TimeGroupedConv(8, inputs_per_channel=2, kernel_size=5, dilation=2)(torch.randn(2, 30, 16)).shape
+    torch.Size([2, 30, 8])
+    """
+
+    def __init__(self, channels, inputs_per_channel=1, kernel_size=39, dilation=1):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        self.dilation = dilation
+        conv = nn.Conv1d(channels * inputs_per_channel, channels, kernel_size, groups=channels, bias=False)
+        self.weight = conv.weight  # the initialisation of nn.Conv1d
+
+    def forward(self, x):
+        return dilated_time_convolution(x, self.weight, self.dilation)
+
+
+class TimeInstanceNorm(nn.Module):
+    """InstanceNorm (``nn.InstanceNorm1d(affine=True)``) on time-major [B, L, C]: every channel of
+    every item normalised over time (biased variance), then scaled and shifted.
+
+    Example
+    -------
+    >>> norm, x = TimeInstanceNorm(4), torch.randn(2, 30, 4)
+    >>> reference = torch.nn.InstanceNorm1d(4, affine=True)(x.transpose(1, 2)).transpose(1, 2)
+    >>> torch.allclose(norm(x), reference, atol=1e-5)
+    True
+    """
+
+    def __init__(self, channels, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        # Means along time as plain reductions (var_mean over a non-last axis is slow on CPU).
+        centred = x - x.mean(dim=1, keepdim=True)
+        var = (centred * centred).mean(dim=1, keepdim=True)
+        return torch.addcmul(self.bias, centred, self.weight * torch.rsqrt(var + self.eps))
+
+
+class TimePReLU(nn.PReLU):
+    """``nn.PReLU(channels)`` on time-major [B, L, C] (one slope per channel, the last axis)."""
+
+    def forward(self, x):
+        return F.prelu(x.transpose(1, 2), self.weight).transpose(1, 2)  # the [B, C, L] view: no copy
+
+
 class DilatedDenseMemory(nn.Module):
-    """Dense stack of dilated "same" convolutions along time, each with InstanceNorm and PReLU.
+    """Dense stack of dilated "same" convolutions along time, each with InstanceNorm and PReLU,
+    on time-major [B, L, C] -> [B, L, C].
 
     Layer ``i`` (dilation ``2 ** i``, kernel ``2 * memory_order - 1``) reads the concatenation
     ``[out_{i-1}, ..., out_0, x]`` of everything before it, in ``channels`` groups (so each
@@ -57,40 +147,32 @@ class DilatedDenseMemory(nn.Module):
     Example
     -------
     >>> memory = DilatedDenseMemory(8, memory_order=4, depth=2)
-    >>> memory(torch.randn(2, 8, 30)).shape
-    torch.Size([2, 8, 30])
+    >>> memory(torch.randn(2, 30, 8)).shape
+    torch.Size([2, 30, 8])
     """
 
     def __init__(self, channels, memory_order=20, depth=2):
         super().__init__()
         kernel_size = 2 * memory_order - 1
         self.convs = nn.ModuleList(
-            nn.Conv1d(
-                channels * (i + 1),
-                channels,
-                kernel_size,
-                dilation=2**i,
-                padding=(memory_order - 1) * 2**i,
-                groups=channels,
-                bias=False,
-            )
-            for i in range(depth)
+            TimeGroupedConv(channels, i + 1, kernel_size, dilation=2**i) for i in range(depth)
         )
-        self.norms = nn.ModuleList(nn.InstanceNorm1d(channels, affine=True) for _ in range(depth))
-        self.activations = nn.ModuleList(nn.PReLU(channels) for _ in range(depth))
+        self.norms = nn.ModuleList(TimeInstanceNorm(channels) for _ in range(depth))
+        self.activations = nn.ModuleList(TimePReLU(channels) for _ in range(depth))
 
     def forward(self, x):
-        """Returns the [B, C, L] memory of ``x`` [B, C, L]."""
+        """Returns the [B, L, C] memory of ``x`` [B, L, C]."""
         dense = x
         for i, (conv, norm, activation) in enumerate(zip(self.convs, self.norms, self.activations)):
             out = activation(norm(conv(dense)))
             if i + 1 < len(self.convs):
-                dense = torch.cat((out, dense), dim=1)
+                dense = torch.cat((out, dense), dim=-1)
         return out
 
 
 class PlainMemory(nn.Module):
-    """FSMN memory: the input plus one depthwise "same" convolution along time, [B, C, L] -> [B, C, L].
+    """FSMN memory: the input plus one depthwise "same" convolution along time, on time-major
+    [B, L, C] -> [B, L, C].
 
     Arguments
     ---------
@@ -101,19 +183,17 @@ class PlainMemory(nn.Module):
 
     Example
     -------
-    >>> PlainMemory(8, memory_order=4)(torch.randn(2, 8, 30)).shape
-    torch.Size([2, 8, 30])
+    >>> PlainMemory(8, memory_order=4)(torch.randn(2, 30, 8)).shape
+    torch.Size([2, 30, 8])
     """
 
     def __init__(self, channels, memory_order=20):
         super().__init__()
-        self.conv = nn.Conv1d(
-            channels, channels, 2 * memory_order - 1, padding=memory_order - 1, groups=channels, bias=False
-        )
+        self.conv = DepthwiseTimeConv(channels, 2 * memory_order - 1)
 
     def forward(self, x):
-        """Returns ``x + conv(x)`` for ``x`` [B, C, L]."""
-        return x + self.conv(x)
+        """Returns ``x + conv(x)`` for ``x`` [B, L, C]."""
+        return self.conv(x, residual=True)
 
 
 #: The memories a :class:`GatedFSMNBlock` can use.
@@ -174,7 +254,7 @@ class GatedFSMNBlock(nn.Module):
         h = self.input_norm(self.input_activation(self.input_proj(x)))
         u = self.to_memory(h)
         projected = self.memory_project(F.relu(self.memory_hidden(u)))
-        u = u + self.memory(projected.transpose(1, 2)).transpose(1, 2)
+        u = u + self.memory(projected)
         h = torch.addcmul(h, self.to_gate(h), u)
         return self.output_proj(self.output_norm(h)) + x
 
@@ -302,6 +382,6 @@ def recurrence_config(masknet):
                     memory="plain")
     return dict(
         fsmn_channels=recurrence.input_proj.out_features,
-        memory_order=(memory.convs[0].kernel_size[0] + 1) // 2,
+        memory_order=(memory.convs[0].weight.shape[-1] + 1) // 2,
         memory_depth=len(memory.convs),
     )

@@ -127,7 +127,7 @@ class MossFormer2SE(nn.Module):
 
     def mask(self, noisy):
         """The speech mask [B, fft_len // 2 + 1, S] for ``noisy`` [B, T]."""
-        return self.masknet(self.features(noisy))[0]
+        return self.masknet(self.features(noisy), speakers=1)[0]  # the second stream is never used
 
     def forward(self, noisy):
         """Enhances ``noisy`` [B, T] (at least ``win_len`` samples); returns [B, T].
