@@ -78,6 +78,9 @@ def _process(task, args):
 
     plan = _plan(task, args)  # refuses unsafe plans before the model is loaded
     model = _load_model(task, args)
+    if getattr(args, "stream", False) and not getattr(model.mods.model, "causal", False):
+        raise SystemExit(f"speechbrain-ext: --stream needs a causal FRCRN (FRCRN(causal=True)); "
+                         f"{args.model or DEFAULT_MODELS[task]} holds a non-causal {type(model.mods.model).__name__}")
     num_spks = getattr(model.hparams, "num_spks", 2)
     if task == "separation" and num_spks != 2:
         plan = _plan(task, args, num_spks)

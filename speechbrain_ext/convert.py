@@ -569,8 +569,17 @@ class _SeparatorNames:
     block: str  # official prefix of attention block {i}
     rotary: re.Pattern  # official per-block copies of the rotary frequencies (group 1: block)
     # Our tensors the official code stores with one more, trailing, dimension of size 1
-    # (1x1 convolutions where we use linear layers, 2-D convolutions over [time, 1]).
-    squeezed: re.Pattern = re.compile(r"$^")
+    # (1x1 convolutions where we use linear layers, 2-D convolutions over [time, 1]); None: none.
+    squeezed: re.Pattern = None
+    # How errors name each part's tensors: the checkpoint's own prefix (default "<part>/").
+    shown_as: tuple = ()
+
+    def shown(self, part, name):
+        """``name`` of ``part`` as the checkpoint spells it, for error messages."""
+        return dict(self.shown_as).get(part, f"{part}/") + name
+
+    def is_squeezed(self, our_name):
+        return self.squeezed is not None and self.squeezed.match(our_name) is not None
 
 
 _MOSSFORMER_NAMES = _SeparatorNames(
@@ -594,17 +603,18 @@ def _fill_separator(model_name, model, parts, unexpected, names):
             our_name = _mossformer_rename(name, names.to_ours) if part == "masknet" else name
             our_name = f"{part}.{our_name}" if our_name is not None else None
             if our_name not in expected or our_name == rotary_name:
-                unexpected.append(f"{part}/{name}")
+                unexpected.append(names.shown(part, name))
                 continue
             target = expected[our_name].shape
-            if names.squeezed.match(our_name) and tensor.shape == (*target, 1):
+            if names.is_squeezed(our_name) and tensor.shape == (*target, 1):
                 tensor = tensor.squeeze(-1)
             if tensor.shape != target:
-                shape_errors.append(f"{part}/{name} {tuple(tensor.shape)} (expected {tuple(target)})")
+                shape_errors.append(f"{names.shown(part, name)} {tuple(tensor.shape)} (expected {tuple(target)})")
             else:
                 ours[our_name] = tensor
 
-    missing = [f"masknet/{names.block.format(i=i)}rotary_pos_emb.freqs" for i in range(num_blocks) if i not in rotary]
+    missing = [names.shown("masknet", f"{names.block.format(i=i)}rotary_pos_emb.freqs") for i in range(num_blocks)
+               if i not in rotary]
     if rotary:
         first = next(iter(rotary.values()))
         if any(not torch.equal(first, other) for other in rotary.values()):
@@ -613,14 +623,15 @@ def _fill_separator(model_name, model, parts, unexpected, names):
                 "the model shares one set between all blocks"
             )
         if first.shape != expected[rotary_name].shape:
-            shape_errors.append(f"masknet/...rotary_pos_emb.freqs {tuple(first.shape)} (expected {tuple(expected[rotary_name].shape)})")
+            shape_errors.append(f"{names.shown('masknet', '...rotary_pos_emb.freqs')} {tuple(first.shape)} "
+                                f"(expected {tuple(expected[rotary_name].shape)})")
         else:
             ours[rotary_name] = first
     for our_name in expected:
         if our_name not in ours and our_name != rotary_name:
             part, name = our_name.split(".", 1)
             official_name = _mossformer_rename(name, names.to_official) if part == "masknet" else name
-            missing.append(f"{part}/{official_name}")
+            missing.append(names.shown(part, official_name))
 
     _raise_if_mismatched(model_name, missing, unexpected, shape_errors)
     model.load_state_dict(ours, strict=True)
@@ -628,12 +639,11 @@ def _fill_separator(model_name, model, parts, unexpected, names):
 
 
 def _official_separator_parts(modules, names):
-    """``{part: official state dict}`` of our ``{part: module}`` (inverse of :func:`_fill_separator`)."""
-    official = {
-        "encoder": {name: t.detach().clone() for name, t in modules["encoder"].state_dict().items()},
-        "decoder": {name: t.detach().clone() for name, t in modules["decoder"].state_dict().items()},
-        "masknet": {},
-    }
+    """``{part: official state dict}`` of our ``{part: module}`` (inverse of :func:`_fill_separator`;
+    the parts other than ``masknet`` keep their names)."""
+    official = {part: {name: t.detach().clone() for name, t in modules[part].state_dict().items()}
+                for part in modules if part != "masknet"}
+    official["masknet"] = {}
     for name, tensor in modules["masknet"].state_dict().items():
         tensor = tensor.detach().clone()
         if name == _MOSSFORMER_OUR_ROTARY:
@@ -644,7 +654,7 @@ def _official_separator_parts(modules, names):
         official_name = _mossformer_rename(name, names.to_official)
         if official_name is None:
             raise KeyError(f"no official name for masknet tensor {name!r}")
-        official["masknet"][official_name] = tensor[..., None] if names.squeezed.match(f"masknet.{name}") else tensor
+        official["masknet"][official_name] = tensor[..., None] if names.is_squeezed(f"masknet.{name}") else tensor
     return official
 
 
@@ -721,6 +731,12 @@ _MOSSFORMER2_RECURRENCE = _MOSSFORMER2_STACK + "mossformerM.fsmn.{i}."
 _MOSSFORMER2_ROTARY = re.compile(r"^mdl\.intra_mdl\.mossformerM\.layers\.(\d+)\.rotary_pos_emb\.freqs$")
 
 
+#: The prefixes of the official MossFormer2 separator's parts in its state dict.
+_MOSSFORMER2_PREFIXES = (("encoder", "enc."), ("masknet", "mask_net."), ("decoder", "dec."))
+#: The prefix of the masknet in the official enhancer's state dict (its ``TestNet.mossformer``).
+_MOSSFORMER2_SE_PREFIX = "mossformer."
+
+
 def _mossformer2_names(memory_depth, memory="dense"):
     """The MossFormer2 masknet's names: MossFormer's, under another prefix, and the recurrent
     modules' (whose ``"dense"`` memory has ``memory_depth`` layers; the ``"plain"`` one is a
@@ -757,21 +773,20 @@ def _mossformer2_names(memory_depth, memory="dense"):
         _MOSSFORMER2_ROTARY,
         # 1x1 Conv1d there, Linear here; Conv2d over [time, 1] there, Conv1d here.
         squeezed=re.compile(r"^masknet\.recurrences\.\d+\.(input_proj|output_proj|memory\.convs\.\d+|memory\.conv)\.weight$"),
+        shown_as=(("masknet", _MOSSFORMER2_SE_PREFIX),) if memory == "plain" else _MOSSFORMER2_PREFIXES,
     )
 
 
-def _official_mossformer2_state(checkpoint):
-    """``({part: state dict}, configuration kwargs, unexpected names)`` of a MossFormer2 checkpoint."""
-    configuration = {}
-    if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
-        from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
-
-        folder, checkpoint = checkpoint, named_checkpoint(checkpoint)
-        if checkpoint is None:
-            raise CheckpointMismatchError(f"{folder} holds no last_best_checkpoint naming a MossFormer2 checkpoint")
-        configuration = read_official_configuration(os.path.join(folder, "configuration.json"), MossFormer2)
-    parts, _, unexpected = _official_mossformer_parts(checkpoint)
-    return parts, configuration, unexpected
+def _clearervoice_checkpoint(checkpoint, model_class):
+    """``(checkpoint, constructor kwargs)``: a ClearerVoice-Studio folder becomes the file its
+    ``last_best_checkpoint`` names and the kwargs of its ``configuration.json`` (the folders we
+    write have one); anything else is returned as is, with no kwargs."""
+    if not (isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint)):
+        return checkpoint, {}
+    path = named_checkpoint(checkpoint)
+    if path is None:
+        raise CheckpointMismatchError(f"{checkpoint} holds no last_best_checkpoint naming a {model_class.__name__} checkpoint")
+    return path, read_official_configuration(os.path.join(checkpoint, "configuration.json"), model_class)
 
 
 def mossformer2_from_official(checkpoint, **model_kwargs):
@@ -817,7 +832,8 @@ def mossformer2_from_official(checkpoint, **model_kwargs):
     """
     from speechbrain_ext.lobes.models.mossformer2 import MossFormer2
 
-    parts, configuration, unexpected = _official_mossformer2_state(checkpoint)
+    checkpoint, configuration = _clearervoice_checkpoint(checkpoint, MossFormer2)
+    parts, _, unexpected = _official_mossformer_parts(checkpoint)
     model = MossFormer2(**{**configuration, **model_kwargs})
     names = _mossformer2_names(len(model.masknet.recurrences[0].memory.convs))
     return _fill_separator("MossFormer2", model, parts, unexpected, names)
@@ -871,22 +887,16 @@ def mossformer2_to_official(model, directory=None, sample_rate=None):
     modules = _separator_modules(model)
     config = MossFormer2.from_modules(modules["encoder"], modules["masknet"], modules["decoder"]).config
     parts = _official_separator_parts(modules, _mossformer2_names(config["memory_depth"]))
-    official = {
-        f"{prefix}{name}": tensor
-        for prefix, part in (("enc.", "encoder"), ("mask_net.", "masknet"), ("dec.", "decoder"))
-        for name, tensor in parts[part].items()
-    }
+    official = {f"{prefix}{name}": tensor for part, prefix in _MOSSFORMER2_PREFIXES for name, tensor in parts[part].items()}
     if directory is not None:
-        _write_clearervoice_folder(directory, official, "MossFormer2_SS_16K", config, sample_rate)
+        extra = {} if sample_rate is None else {"sample_rate": int(sample_rate)}
+        write_clearervoice_folder(directory, official, "MossFormer2_SS_16K", {**config, **extra})
     return official
 
 
 # ----------------------------------------------------------------------------------------------
 # MossFormer2 enhancement (ClearerVoice-Studio's MossFormer2_SE_48K)
 # ----------------------------------------------------------------------------------------------
-
-#: The prefix of the masknet in the official enhancer's state dict (its ``TestNet.mossformer``).
-_MOSSFORMER2_SE_PREFIX = "mossformer."
 
 
 def mossformer2_se_from_official(checkpoint, **model_kwargs):
@@ -923,12 +933,7 @@ def mossformer2_se_from_official(checkpoint, **model_kwargs):
     """
     from speechbrain_ext.lobes.models.mossformer2_se import MossFormer2SE
 
-    configuration = {}
-    if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
-        folder, checkpoint = checkpoint, named_checkpoint(checkpoint)
-        if checkpoint is None:
-            raise CheckpointMismatchError(f"{folder} holds no last_best_checkpoint naming a MossFormer2 checkpoint")
-        configuration = read_official_configuration(os.path.join(folder, "configuration.json"), MossFormer2SE)
+    checkpoint, configuration = _clearervoice_checkpoint(checkpoint, MossFormer2SE)
     masknet, unexpected = {}, []
     for name, tensor in read_state_dict(checkpoint).items():
         if name.startswith(_MOSSFORMER2_SE_PREFIX):
@@ -951,8 +956,10 @@ def mossformer2_se_to_official(model, directory=None, sample_rate=None):
 
     The state dict loads with ``strict=True`` into the reference ``MossFormer2_SE_48K(args).model``.
     With ``directory``: ``model.pt`` (``{'model': state dict}``), ``last_best_checkpoint`` naming
-    it, and a ``configuration.json`` with the constructor arguments (and ``sample_rate``), which
-    :func:`mossformer2_se_from_official` reads back and ClearVoice ignores.
+    it, and a ``configuration.json`` with the constructor arguments (its ``sample_rate``
+    included), which :func:`mossformer2_se_from_official` reads back and ClearVoice ignores.
+    ``sample_rate``, if given, must be the model's own (a check for callers that pass the rate
+    of their data).
 
     Example
     -------
@@ -961,23 +968,35 @@ def mossformer2_se_to_official(model, directory=None, sample_rate=None):
     >>> official["mossformer.mdl.intra_mdl.mossformerM.fsmn.0.gated_fsmn.fsmn.conv1.weight"].shape
     torch.Size([256, 1, 39, 1])
     """
-    parts = _official_separator_parts({"encoder": torch.nn.Module(), "masknet": model.masknet,
-                                       "decoder": torch.nn.Module()}, _mossformer2_names(0, memory="plain"))
-    official = {_MOSSFORMER2_SE_PREFIX + name: tensor for name, tensor in parts["masknet"].items()}
+    masknet = _official_separator_parts({"masknet": model.masknet}, _mossformer2_names(0, memory="plain"))["masknet"]
+    official = {_MOSSFORMER2_SE_PREFIX + name: tensor for name, tensor in masknet.items()}
     if directory is not None:
-        _write_clearervoice_folder(directory, official, "MossFormer2_SE_48K", model.config, sample_rate)
+        if sample_rate is not None and int(sample_rate) != model.sample_rate:
+            raise ValueError(f"this model computes its features at {model.sample_rate} Hz, not {sample_rate}")
+        write_clearervoice_folder(directory, official, "MossFormer2_SE_48K", model.config)
     return official
 
 
-def _write_clearervoice_folder(directory, official, model_type, config, sample_rate):
-    """``model.pt`` = ``{'model': official}``, the ``last_best_checkpoint`` naming it, and our
-    ``configuration.json`` (constructor arguments, ``sample_rate``)."""
+def write_clearervoice_folder(directory, official, model_type=None, config=None):
+    """Write a ClearerVoice-Studio model folder: ``model.pt`` = ``{'model': official}`` and the
+    ``last_best_checkpoint`` naming it (what ClearVoice's loader reads), plus, with ``config``,
+    a ``configuration.json`` of our constructor arguments (what our converters read back;
+    ClearVoice ignores it).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> write_clearervoice_folder(folder, {"w": torch.zeros(1)})
+    >>> sorted(os.listdir(folder)), named_checkpoint(folder).endswith("model.pt")
+    (['last_best_checkpoint', 'model.pt'], True)
+    """
     import json
 
     os.makedirs(directory, exist_ok=True)
     torch.save({"model": official}, os.path.join(directory, CLEARERVOICE_CHECKPOINT))
     with open(os.path.join(directory, "last_best_checkpoint"), "w", encoding="utf-8") as stream:
         stream.write(CLEARERVOICE_CHECKPOINT + "\n")
-    extra = {} if sample_rate is None else {"sample_rate": int(sample_rate)}
-    with open(os.path.join(directory, "configuration.json"), "w", encoding="utf-8") as file:
-        json.dump({"model": {"type": model_type, **config, **extra}}, file, indent=4)
+    if config is not None:
+        with open(os.path.join(directory, "configuration.json"), "w", encoding="utf-8") as file:
+            json.dump({"model": {"type": model_type, **config}}, file, indent=4)

@@ -27,7 +27,6 @@ import shutil
 
 import torch
 
-from speechbrain_ext.convert import CLEARERVOICE_CHECKPOINT
 from speechbrain_ext.errors import SpeechBrainExtError
 
 LAYOUTS = ("speechbrain", "modelscope", "clearervoice")
@@ -37,12 +36,14 @@ _OFFICIAL_FRCRN_FIXED = dict(complex=True, model_complexity=45, model_depth=14, 
 # MossFormer2 sizes of the official model: ClearVoice builds only these (and skips, without an
 # error, every tensor of another shape).
 _OFFICIAL_MOSSFORMER2 = dict(
-    num_spks=2, kernel_size=16, in_channels=512, out_channels=512, num_blocks=24, group_size=256,
-    query_key_dim=128, expansion_factor=4.0, fsmn_channels=256, memory_order=20, memory_depth=2,
+    num_spks=2, kernel_size=16, stride=8, in_channels=512, out_channels=512, bias=False, num_blocks=24,
+    d_model=512, group_size=256, query_key_dim=128, expansion_factor=4.0, causal=False, norm="ln",
+    fsmn_channels=256, memory_order=20, memory_depth=2,
 )
 _OFFICIAL_MOSSFORMER2_SE = dict(
     sample_rate=48000, win_len=1920, win_inc=384, fft_len=1920, num_mels=60, d_model=512, num_blocks=24,
-    group_size=256, query_key_dim=128, expansion_factor=4.0, fsmn_channels=256, memory_order=20, num_spks=2,
+    group_size=256, query_key_dim=128, expansion_factor=4.0, norm="ln", fsmn_channels=256, memory_order=20,
+    num_spks=2,
 )
 
 
@@ -115,7 +116,7 @@ def speechbrain_card(interface, source=None):
         model = interface.mods["model"]
         body = [
             f"sample_rate: {interface.hparams.sample_rate}",
-            f"normalize: {_yaml_value(getattr(interface.hparams, 'normalize', True))}",
+            f"normalize: {_yaml_value(interface.normalize)}",
             "",
             _yaml_block("model", f"{type(model).__module__}.{type(model).__name__}", model.config),
         ]
@@ -198,7 +199,12 @@ def _write_modelscope(interface, folder, source):
 
 
 def _write_clearervoice(interface, folder, source):
-    from speechbrain_ext.convert import frcrn_to_official, mossformer2_se_to_official, mossformer2_to_official
+    from speechbrain_ext.convert import (
+        frcrn_to_official,
+        mossformer2_se_to_official,
+        mossformer2_to_official,
+        write_clearervoice_folder,
+    )
 
     if _is_mossformer2_se(interface):
         model = interface.mods["model"]
@@ -208,9 +214,7 @@ def _write_clearervoice(interface, folder, source):
     elif _task(interface) == "enhancement":
         model = interface.mods["model"]
         _check_reference_frcrn(model, "ClearerVoice-Studio")
-        torch.save({"model": frcrn_to_official(model)}, os.path.join(folder, CLEARERVOICE_CHECKPOINT))
-        with open(os.path.join(folder, "last_best_checkpoint"), "w", encoding="utf-8") as stream:
-            stream.write(CLEARERVOICE_CHECKPOINT + "\n")
+        write_clearervoice_folder(folder, frcrn_to_official(model))
         name, task = "FRCRN_SE_16K", "speech_enhancement"
     elif _is_mossformer2(interface):
         model = _mossformer(interface)

@@ -325,6 +325,7 @@ def test_mossformer2_fullband_finetunes_trains_and_evaluates_at_48k(tmp_path):
     assert_evaluation_written(output, "no_reverb")
     exported = EnhanceMossFormer2.from_hparams(source=str(output / "model"), savedir=str(output / "model"))
     assert exported.sample_rate == 48000 and type(exported.mods.model).__name__ == "MossFormer2SE"
+    assert not exported.normalize  # the input level is kept, as for the official model
 
 
 @pytest.mark.parametrize("module", [synthetic_dns], ids=lambda module: module.__name__)

@@ -176,7 +176,7 @@ def test_rejects_mismatched_checkpoints(small_pair, tmp_path):
     state = theirs.state_dict()
     memory = "mask_net.mdl.intra_mdl.mossformerM.fsmn.1.gated_fsmn.fsmn.conv.conv2.weight"
     without = {k: v for k, v in state.items() if k != memory}
-    with pytest.raises(CheckpointMismatchError, match=r"missing 1 tensor\(s\): masknet/mdl.intra_mdl.mossformerM.fsmn.1.gated"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing 1 tensor\(s\): mask_net.mdl.intra_mdl.mossformerM.fsmn.1.gated"):
         mossformer2_from_official(without, **SMALL)
     with pytest.raises(CheckpointMismatchError, match="unexpected 1 tensor"):
         mossformer2_from_official({**state, "mask_net.extra.weight": torch.zeros(1)}, **SMALL)
@@ -184,7 +184,7 @@ def test_rejects_mismatched_checkpoints(small_pair, tmp_path):
         mossformer2_from_official(state, **dict(SMALL, memory_order=10))
     with pytest.raises(CheckpointMismatchError, match="missing"):  # a layer too many
         mossformer2_from_official(state, **dict(SMALL, memory_depth=3))
-    with pytest.raises(CheckpointMismatchError, match="unexpected"):  # MossFormer (v1) names
+    with pytest.raises(CheckpointMismatchError, match="unexpected"):  # block 1's tensors, for a 1-block model
         mossformer2_from_official(state, **dict(SMALL, num_blocks=1))
     rotary = dict(state)
     name = "mask_net.mdl.intra_mdl.mossformerM.layers.1.rotary_pos_emb.freqs"

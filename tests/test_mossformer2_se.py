@@ -165,8 +165,8 @@ def test_gradients_match_reference_at_a_small_size():
 
 def test_interface_enhances_files_of_any_rate_and_channels(tmp_path):
     """EnhanceMossFormer2 from an official-layout folder (small, sized by its configuration.json):
-    a 16 kHz stereo file is enhanced per channel at 48 kHz, written at the input's rate on request,
-    chunked files equal to the model's output away from the chunk seams."""
+    a 16 kHz stereo file is enhanced per channel at 48 kHz and written at the input's rate on
+    request; a whole-file pass equals enhance_batch, a chunked one keeps the file's length."""
     torch.manual_seed(0)
     model = perturb_(MossFormer2SE(**TINY), 7)
     mossformer2_se_to_official(model, tmp_path / "official", sample_rate=48000)
@@ -189,6 +189,21 @@ def test_interface_enhances_files_of_any_rate_and_channels(tmp_path):
     assert whole.shape == chunked.shape == (wave.shape[-1],)
     with pytest.raises(Exception, match="shorter than one MossFormer2 frame"):
         enhancer.enhance_batch(torch.zeros(1, 1000))
+
+
+def test_bad_configurations_are_one_clear_error(tmp_path):
+    from speechbrain_ext.inference import WaveformEnhancer
+    from speechbrain_ext.inference.sources import SourceError
+
+    with pytest.raises(ValueError, match="fft_len must equal win_len"):
+        MossFormer2SE(fft_len=2048)
+    with pytest.raises(ValueError, match="features at 48000 Hz, not 16000"):
+        mossformer2_se_to_official(MossFormer2SE(**TINY), tmp_path / "x", sample_rate=16000)
+    masknet = MossFormer2SE(**TINY).masknet
+    with pytest.raises(ValueError, match="speakers must be between 1 and num_spks=2"):
+        masknet(torch.randn(1, 180, 20), speakers=3)
+    with pytest.raises(SourceError, match="SpeechBrain-format sources only"):
+        WaveformEnhancer.from_hparams(source="alibabasglab/MossFormer2_SE_48K")
 
 
 def test_official_repo_from_offline_cache_and_clearvoice_loader(official_pair, tmp_path):
@@ -241,12 +256,22 @@ def test_cli_picks_the_mossformer2_interface_and_refuses_what_it_cannot_do(tmp_p
     assert sf.info(tmp_path / "out" / "noisy.wav").samplerate == 48000
     stream = run("enhance", tmp_path / "noisy.wav", "-o", tmp_path / "s", "--model", tmp_path / "model", "--stream",
                  "--quiet")
-    assert stream.returncode == 1 and "needs a causal model" in stream.stdout and "Traceback" not in stream.stderr
+    assert stream.returncode == 1 and "--stream needs a causal FRCRN" in stream.stderr
+    assert "non-causal MossFormer2SE" in stream.stderr and "Traceback" not in stream.stderr
+    assert not (tmp_path / "s").exists()  # refused before any file was touched
     modelscope = run("convert", "enhancement", "--model", tmp_path / "model", "-o", tmp_path / "ms", "--to", "modelscope")
     assert modelscope.returncode == 1 and "ModelScope has no MossFormer2" in modelscope.stderr
     clearvoice = run("convert", "enhancement", "--model", tmp_path / "model", "-o", tmp_path / "cv", "--to", "clearervoice")
     assert clearvoice.returncode == 1 and "builds only the official MossFormer2_SE_48K" in clearvoice.stderr
     assert not (tmp_path / "ms").exists() and not (tmp_path / "cv").exists()
+
+    # An official-layout folder converts to a SpeechBrain folder that loads as the same model.
+    mossformer2_se_to_official(model, tmp_path / "official", sample_rate=48000)
+    converted = run("convert", "enhancement", "--model", tmp_path / "official", "-o", tmp_path / "sb")
+    assert converted.returncode == 0, converted.stderr
+    again = EnhanceMossFormer2.from_hparams(source=str(tmp_path / "sb"), savedir=str(tmp_path / "sb"))
+    wave = noisy(1, 0.3, seed=4)
+    assert torch.equal(again.enhance_batch(wave), enhancer.enhance_batch(wave))
 
 
 def test_doctests():

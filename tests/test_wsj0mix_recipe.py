@@ -29,13 +29,13 @@ import yaml
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
-from speechbrain_ext.convert import mossformer2_from_official, mossformer_from_official
+from speechbrain_ext.convert import mossformer_from_official
 from speechbrain_ext.cli import add_evaluate_arguments, run_evaluate
 from speechbrain_ext.lobes.models.mossformer import MossFormer
 from speechbrain_ext.training.mixing import MixLayoutError, SpeakerMixer, SpeakerPool, wsj0_utterances
 from speechbrain_ext.training.separation import SeparationBrain
 
-from conftest import make_reference_mossformer, make_reference_mossformer2, mossformer2_kwargs
+from conftest import make_reference_mossformer, make_reference_mossformer2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "WSJ0Mix", "separation")

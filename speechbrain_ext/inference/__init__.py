@@ -1,4 +1,4 @@
-"""Ready-to-use interfaces: enhancement (FRCRN) and separation (MossFormer)."""
+"""Ready-to-use interfaces: enhancement (FRCRN, MossFormer2) and separation (MossFormer, MossFormer2)."""
 
 from speechbrain_ext.inference.enhancement import EnhanceFRCRN, EnhanceMossFormer2, WaveformEnhancer, enhancer_for
 from speechbrain_ext.inference.separation import SeparateMossFormer

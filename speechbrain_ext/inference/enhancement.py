@@ -4,6 +4,7 @@ Authors: speechbrain-ext contributors
 """
 
 import os
+import re
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +39,26 @@ class WaveformEnhancer(OfficialSourceMixin, Pretrained):
     official sources. Files of any length, rate and channel count are processed in bounded
     memory (overlapping chunks, cross-faded), written atomically, at any output rate.
 
-    ``hparams.normalize`` (True by default) brings input to the level the official model was
-    trained at and scales the output back to the input's level.
+    ``hparams.normalize`` brings input to the level the official FRCRN was trained at and
+    scales the output back to the input's level (default: ``DEFAULT_NORMALIZE`` of the class).
+
+    Example
+    -------
+    >>> class Halve(torch.nn.Module):  # any [B, T] -> [B, T] model analysing 100-sample frames
+    ...     win_len, win_inc = 100, 50
+    ...     def forward(self, noisy):
+    ...         return noisy / 2
+    >>> enhancer = WaveformEnhancer(modules={"model": Halve()}, hparams={"sample_rate": 16000, "normalize": False})
+    >>> enhancer.enhance_batch(torch.ones(1, 420)).unique()
+    tensor([0.5000])
     """
 
     MODULES_NEEDED = ["model"]
     HPARAMS_NEEDED = ["sample_rate"]
     #: Named in errors.
     MODEL_NAME = "model"
+    #: Level normalisation when the hparams do not say (the official FRCRN pipeline's).
+    DEFAULT_NORMALIZE = True
 
     def __init__(self, *args, freeze_params=True, **kwargs):
         super().__init__(*args, freeze_params=freeze_params, **kwargs)
@@ -58,7 +71,7 @@ class WaveformEnhancer(OfficialSourceMixin, Pretrained):
 
     @property
     def normalize(self):
-        return getattr(self.hparams, "normalize", True)
+        return getattr(self.hparams, "normalize", self.DEFAULT_NORMALIZE)
 
     def _model_length(self, length):
         """Smallest length >= ``length`` made of whole frames (the model drops a partial frame)."""
@@ -238,21 +251,30 @@ class EnhanceMossFormer2(WaveformEnhancer):
 
     CARDS = ("mossformer2-se-48k",)
     MODEL_NAME = "MossFormer2"
+    DEFAULT_NORMALIZE = False  # ClearVoice feeds the model the input's own level
 
     @classmethod
     def _load_official(cls, hparams, folder):
-        from speechbrain_ext.convert import mossformer2_se_from_official, read_official_configuration
+        from speechbrain_ext.convert import (
+            load_mossformer2_se_official,
+            mossformer2_se_from_official,
+            read_official_configuration,
+        )
 
-        rate = read_official_configuration(os.path.join(folder, "configuration.json")).get("sample_rate")
+        configuration = read_official_configuration(os.path.join(folder, "configuration.json"))
+        rate = configuration.get("sample_rate")
         if isinstance(rate, (int, float)) and rate > 0:
             hparams["sample_rate"] = int(rate)
-        return {"model": mossformer2_se_from_official(folder)}  # sized by the folder's configuration.json
+        if configuration:  # a folder we wrote: sized by its configuration.json
+            return {"model": mossformer2_se_from_official(folder)}
+        return {"model": load_mossformer2_se_official(hparams["model"], folder)}  # the card's model
 
 
 def enhancer_for(source):
     """The enhancement interface that loads ``source``: :class:`EnhanceMossFormer2` for
-    MossFormer2 sources (the official repo id, a folder of its weights, or a SpeechBrain-format
-    folder of a MossFormer2SE), :class:`EnhanceFRCRN` otherwise.
+    MossFormer2 sources (the official repo id, a folder of its weights, or a local
+    SpeechBrain-format folder of a MossFormer2SE), :class:`EnhanceFRCRN` otherwise (a Hugging
+    Face repo in SpeechBrain format is not downloaded to look: load it with the class itself).
 
     Example
     -------
@@ -268,16 +290,12 @@ def enhancer_for(source):
     yaml_file = os.path.join(source, "hyperparams.yaml")
     if os.path.isfile(yaml_file):
         with open(yaml_file, encoding="utf-8") as stream:
-            return EnhanceMossFormer2 if "MossFormer2SE" in stream.read() else EnhanceFRCRN
+            model_class = re.search(r"^model:\s*!new:(\S+)", stream.read(), re.MULTILINE)
+        return EnhanceMossFormer2 if model_class and model_class.group(1).endswith(".MossFormer2SE") else EnhanceFRCRN
     if is_official_folder(source):
-        from speechbrain_ext.convert import named_checkpoint
+        from speechbrain_ext.convert import named_checkpoint, read_state_dict
 
-        try:
-            checkpoint = named_checkpoint(source)
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True) if checkpoint else {}
-        except Exception:  # unreadable: let the loader say why
-            return EnhanceFRCRN
-        state = state.get("model", state) if isinstance(state, dict) else {}
-        if any(str(name).removeprefix("module.").startswith("mossformer.") for name in state):
+        checkpoint = named_checkpoint(source)  # None: a ModelScope (FRCRN) folder
+        if checkpoint is not None and any(name.startswith("mossformer.") for name in read_state_dict(checkpoint)):
             return EnhanceMossFormer2
     return EnhanceFRCRN

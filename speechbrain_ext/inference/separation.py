@@ -24,11 +24,12 @@ from speechbrain_ext.inference.options import (
 from speechbrain_ext.inference.sources import OfficialSourceMixin
 from speechbrain_ext.lobes.models.masking import encode_mask_decode
 
-#: Peak level of each separated speaker in written files (the official pipeline's 0.5).
+#: Peak level of each separated speaker in written files (ModelScope's MossFormer pipeline's 0.5).
 OUTPUT_PEAK = 0.5
-#: Chunk length of long files when the model card names none (``chunk_seconds`` in its hparams:
-#: the MossFormer2 card, at twice the rate, asks for 15 s, the same number of frames).
-DEFAULT_CHUNK_SECONDS = 30.0
+#: Encoder frames per chunk of a long file unless the hparams name ``chunk_seconds``: 30 s of
+#: MossFormer at 8 kHz, 15 s of MossFormer2 at 16 kHz (its cost per second grows with longer
+#: passes, and its peak memory with the chunk).
+DEFAULT_CHUNK_FRAMES = 30_000
 
 
 class SeparateMossFormer(OfficialSourceMixin, Pretrained):
@@ -61,6 +62,7 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         super().__init__(*args, freeze_params=freeze_params, **kwargs)
         if freeze_params and hasattr(self.mods.masknet, "fuse_for_inference"):  # inference only
             self.mods.masknet.fuse_for_inference()
+
     CARDS = ("mossformer-8k", "mossformer2-ss-16k")
 
     @classmethod
@@ -70,18 +72,28 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
 
     @classmethod
     def _load_official(cls, hparams, folder):
-        from speechbrain_ext.convert import mossformer2_from_official, mossformer_from_official, read_official_configuration
+        from speechbrain_ext.convert import (
+            load_mossformer2_official,
+            mossformer2_from_official,
+            mossformer_from_official,
+            read_official_configuration,
+        )
 
-        if cls._folder_card(folder) == "mossformer2-ss-16k":
-            official = mossformer2_from_official(folder)
-        else:
-            official = mossformer_from_official(folder)  # sized by the folder's configuration.json
-        hparams["num_spks"] = official.num_spks
+        configuration = read_official_configuration(os.path.join(folder, "configuration.json"))
+        if cls._folder_card(folder) == "mossformer2-ss-16k" and not configuration:
+            # ClearerVoice-Studio's own folder: the card's modules, filled in place.
+            modules = {name: hparams[name] for name in cls.MODULES_NEEDED}
+            load_mossformer2_official(modules, folder)
+        else:  # sized by the folder's configuration.json (ModelScope's, or one we wrote)
+            load = mossformer2_from_official if cls._folder_card(folder) == "mossformer2-ss-16k" else mossformer_from_official
+            official = load(folder)
+            modules = {name: getattr(official, name) for name in cls.MODULES_NEEDED}
+        hparams["num_spks"] = modules["masknet"].num_spks
         # Official folders hold no rate (the card's); the folders we write hold theirs.
-        rate = read_official_configuration(os.path.join(folder, "configuration.json")).get("sample_rate")
+        rate = configuration.get("sample_rate")
         if isinstance(rate, (int, float)) and rate > 0:
             hparams["sample_rate"] = int(rate)
-        return {name: getattr(official, name) for name in cls.MODULES_NEEDED}
+        return modules
 
     @property
     def sample_rate(self):
@@ -106,7 +118,7 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
             raise AudioInputError("input holds NaN or infinite samples")
         kernel = self.mods.encoder.conv1d.kernel_size[0]
         if mix.shape[-1] < kernel:
-            raise AudioInputError(f"input of {mix.shape[-1]} samples is shorter than one MossFormer frame ({kernel})")
+            raise AudioInputError(f"input of {mix.shape[-1]} samples is shorter than one encoder frame ({kernel})")
         with torch.no_grad():
             sources = encode_mask_decode(self.mods.encoder, self.mods.masknet, self.mods.decoder, mix)
         return sources[0] if single else sources
@@ -133,12 +145,12 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
             Input mixture.
         savedir : str, optional
             Folder for one file per speaker, ``<name>_spk1.wav``, ``<name>_spk2.wav``, ...; each
-            speaker is scaled to a peak of 0.5 (as the official pipeline does). Written through
+            speaker is scaled to a peak of 0.5 (as ModelScope's MossFormer pipeline does). Written through
             temporary files and renamed when complete.
         chunk_seconds : float, None or "auto"
             Chunk length (``None``: the whole file at once, in memory that grows with its length;
-            ``"auto"``: the card's ``chunk_seconds``, 30 s for MossFormer at 8 kHz and 15 s for
-            MossFormer2 at 16 kHz, the same 30,000 encoder frames).
+            ``"auto"``: the hparams' ``chunk_seconds`` if set, else 30,000 encoder frames: 30 s for
+            MossFormer at 8 kHz, 15 s for MossFormer2 at 16 kHz).
         overlap_seconds : float, optional
             Overlap between chunks, used to align and cross-fade them (default: 2 s, at most a
             quarter chunk).
@@ -159,7 +171,8 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
             written.
         """
         if isinstance(chunk_seconds, str) and chunk_seconds == "auto":
-            chunk_seconds = getattr(self.hparams, "chunk_seconds", DEFAULT_CHUNK_SECONDS)
+            hop = self.mods.encoder.conv1d.stride[0]
+            chunk_seconds = getattr(self.hparams, "chunk_seconds", DEFAULT_CHUNK_FRAMES * hop / self.sample_rate)
         chunk_seconds, overlap_seconds = check_chunking(chunk_seconds, overlap_seconds)
         batch_size, channels = check_batch_size(batch_size), check_channels(channels)
         output_rate = check_output_rate(output_rate)

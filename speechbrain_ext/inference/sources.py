@@ -153,6 +153,9 @@ class OfficialSourceMixin:
         **kwargs
             Passed on to ``Pretrained.from_hparams`` / the constructor (``run_opts``, ``savedir``...).
         """
+        if not cls.CARDS and (is_official_folder(os.fspath(source)) or os.fspath(source) in OFFICIAL_REPOS):
+            raise SourceError(f"{cls.__name__} loads SpeechBrain-format sources only: load {source} with the "
+                              "interface of its model (EnhanceFRCRN, EnhanceMossFormer2 or SeparateMossFormer)")
         official = official_folder(source, cls.CARDS, revision)
         if official is None:
             if revision is not None:

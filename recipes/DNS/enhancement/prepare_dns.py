@@ -87,16 +87,20 @@ def clean_and_noise_files(datasets):
     return _wavs(os.path.join(datasets, clean), recursive), _wavs(os.path.join(datasets, noise), recursive)
 
 
-def find_datasets_folder(data_folder):
+def find_datasets_folder(data_folder, sample_rate=16000):
     """The ``datasets`` (or ``datasets_fullband``) folder of a DNS-Challenge checkout
-    (``data_folder`` may be either).
+    (``data_folder`` may be either). A checkout holding both gives the one of ``sample_rate``:
+    ``datasets_fullband`` above 16 kHz.
 
     Raises
     ------
     DNSLayoutError
         Naming what was expected and what was found.
     """
-    candidates = [os.path.join(data_folder, "datasets"), os.path.join(data_folder, "datasets_fullband"), data_folder]
+    subfolders = ["datasets", "datasets_fullband"]
+    if sample_rate > 16000:
+        subfolders.reverse()
+    candidates = [os.path.join(data_folder, name) for name in subfolders] + [data_folder]
     for folder in candidates:
         if _layout(folder):
             return folder
@@ -129,7 +133,8 @@ def _audio_info(paths, sample_rate, role, resampled_ok=False):
     if wrong_rate:
         raise DNSLayoutError(
             f"{len(wrong_rate)} {role} files are not at {sample_rate} Hz, e.g. {', '.join(wrong_rate[:3])}: "
-            "the DNS-Challenge audio is 16 kHz"
+            "the DNS-Challenge audio is 16 kHz in datasets/ and 48 kHz in datasets_fullband/; the recipe's "
+            "sample_rate must be that of the data"
         )
     return infos
 
@@ -317,7 +322,7 @@ def prepare_dns(
     DNSLayoutError
         If ``data_folder`` is not a DNS-Challenge layout or its files cannot be used.
     """
-    datasets = find_datasets_folder(data_folder)
+    datasets = find_datasets_folder(data_folder, sample_rate)
     use_rirs = reverb_probability > 0
     if use_rirs and not _rir_files(datasets):
         raise DNSLayoutError(

@@ -680,8 +680,12 @@ class MossFormerMaskNet(nn.Module):
     def forward(self, x, speakers=None):
         """Returns the masks [num_spks, B, N, L] for the encoded mixture ``x`` [B, N, L]; with
         ``speakers``, only the first ``speakers`` masks (e.g. 1 when only the first is used)."""
+        if speakers is None:
+            speakers = self.num_spks
+        elif not 1 <= speakers <= self.num_spks:
+            raise ValueError(f"speakers must be between 1 and num_spks={self.num_spks}, got {speakers}")
         with recycled_memory(self.recycles_memory):
-            return self._masks(x, speakers or self.num_spks)
+            return self._masks(x, speakers)
 
     def _block_stack(self, h, rotation):
         """The blocks in turn on the time-major sequence ``h`` [B, L, C]."""

@@ -6,8 +6,10 @@ encoder, masknet layout and gated attention blocks, and follows every attention 
 convolutions along time. Attention models long-range structure, the memory fine-grained
 recurrent patterns, with no recurrent (sequential) computation.
 
-* :class:`DilatedDenseMemory`: the memory of the separator, [B, C, L] -> [B, C, L];
+* :class:`DilatedDenseMemory`: the memory of the separator, time-major [B, L, C] -> [B, L, C];
 * :class:`PlainMemory`: the memory of the 48 kHz enhancer (one "same" depthwise convolution);
+* :func:`dilated_time_convolution` and the time-major layers they are built of
+  (:class:`TimeGroupedConv`, :class:`TimeInstanceNorm`, :class:`TimePReLU`);
 * :class:`GatedFSMNBlock`: the recurrent module that follows each attention block;
 * :class:`MossFormer2MaskNet`: :class:`~speechbrain_ext.lobes.models.mossformer.MossFormerMaskNet`
   with the recurrent modules interleaved;
@@ -74,6 +76,17 @@ class TimeGroupedConv(nn.Module):
     (the weights of ``nn.Conv1d(n * C, C, K, dilation=d, groups=C)``); see
     :func:`dilated_time_convolution`.
 
+    Arguments
+    ---------
+    channels : int
+        Output channels C (and groups).
+    inputs_per_channel : int
+        Input channels n each output channel reads.
+    kernel_size : int
+        Odd number of taps K.
+    dilation : int
+        Spacing of the taps, in frames.
+
     Example
     -------
     >>> TimeGroupedConv(8, inputs_per_channel=2, kernel_size=5, dilation=2)(torch.randn(2, 30, 16)).shape
@@ -94,7 +107,15 @@ class TimeGroupedConv(nn.Module):
 
 class TimeInstanceNorm(nn.Module):
     """InstanceNorm (``nn.InstanceNorm1d(affine=True)``) on time-major [B, L, C]: every channel of
-    every item normalised over time (biased variance), then scaled and shifted.
+    every item normalised over time (biased variance), then scaled and shifted. The statistics are
+    computed in float32 whatever the input's precision (as torch's own norms do).
+
+    Arguments
+    ---------
+    channels : int
+        Channels C (one weight and bias each).
+    eps : float
+        Added to the variance.
 
     Example
     -------
@@ -112,13 +133,26 @@ class TimeInstanceNorm(nn.Module):
 
     def forward(self, x):
         # Means along time as plain reductions (var_mean over a non-last axis is slow on CPU).
-        centred = x - x.mean(dim=1, keepdim=True)
+        x32 = x.float()
+        centred = x32 - x32.mean(dim=1, keepdim=True)
         var = (centred * centred).mean(dim=1, keepdim=True)
-        return torch.addcmul(self.bias, centred, self.weight * torch.rsqrt(var + self.eps))
+        return torch.addcmul(self.bias.float(), centred, self.weight.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
 
 
 class TimePReLU(nn.PReLU):
-    """``nn.PReLU(channels)`` on time-major [B, L, C] (one slope per channel, the last axis)."""
+    """``nn.PReLU(channels)`` on time-major [B, L, C] (one slope per channel, the last axis).
+
+    Arguments
+    ---------
+    num_parameters : int
+        Channels C.
+
+    Example
+    -------
+    >>> prelu, x = TimePReLU(4), torch.randn(2, 30, 4)
+    >>> torch.equal(prelu(x), torch.nn.PReLU(4)(x.transpose(1, 2)).transpose(1, 2))
+    True
+    """
 
     def forward(self, x):
         return F.prelu(x.transpose(1, 2), self.weight).transpose(1, 2)  # the [B, C, L] view: no copy
@@ -153,6 +187,8 @@ class DilatedDenseMemory(nn.Module):
 
     def __init__(self, channels, memory_order=20, depth=2):
         super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
         kernel_size = 2 * memory_order - 1
         self.convs = nn.ModuleList(
             TimeGroupedConv(channels, i + 1, kernel_size, dilation=2**i) for i in range(depth)

@@ -86,6 +86,9 @@ class MossFormer2SE(nn.Module):
         attn_dropout=0.1, norm="ln", fsmn_channels=256, memory_order=20, num_spks=2,
     ):  # fmt: skip
         super().__init__()
+        if fft_len != win_len:
+            raise ValueError(f"fft_len must equal win_len (the features and the STFT share their frames), "
+                             f"got {fft_len} and {win_len}")
         self.sample_rate, self.win_len, self.win_inc, self.fft_len = sample_rate, win_len, win_inc, fft_len
         self.num_mels, self.dither = num_mels, dither
         self.masknet = MossFormer2MaskNet(
