@@ -2,7 +2,8 @@
 
 The reference of MossFormer is ModelScope's, of the MossFormer2 separator (``mossformer2``) and
 enhancer (``mossformer2_se``: features, network, mask and resynthesis as ClearVoice decodes,
-dithering off) ClearerVoice-Studio's. Both run the official architecture (24 blocks, 512
+dithering off) and of MossFormerGAN (``mossformergan``: ClearVoice's own one-pass decoding)
+ClearerVoice-Studio's. Both run the official architecture (24 blocks, 512
 channels) with the same random weights on the same noise (8 kHz for MossFormer, 16 kHz for
 the MossFormer2 separator, 48 kHz for the enhancer), on CPU with 2 threads under
 ``torch.inference_mode()``. Every (implementation, duration) pair runs in its own subprocess, so
@@ -33,9 +34,9 @@ import time
 import torch
 
 THREADS = 2
-SAMPLE_RATES = {"mossformer": 8000, "mossformer2": 16000, "mossformer2_se": 48000}
+SAMPLE_RATES = {"mossformer": 8000, "mossformer2": 16000, "mossformer2_se": 48000, "mossformergan": 16000}
 TITLES = {"mossformer": "MossFormer (8 kHz)", "mossformer2": "MossFormer2 separation (16 kHz)",
-          "mossformer2_se": "MossFormer2 enhancement (48 kHz)"}
+          "mossformer2_se": "MossFormer2 enhancement (48 kHz)", "mossformergan": "MossFormerGAN enhancement (16 kHz)"}
 OFFICIAL = dict(
     num_spks=2, kernel_size=16, in_channels=512, out_channels=512, stride=8, bias=False,
     num_blocks=24, d_model=512, attn_dropout=0.1, group_size=256, query_key_dim=128,
@@ -47,12 +48,13 @@ IMPLEMENTATIONS = ("ours", "reference")
 def write_random_official_checkpoint(model_name, directory, seed=0):
     """Saves a reference model with random weights in its official layout: MossFormer as
     encoder/masknet/decoder.bin, MossFormer2 as ClearerVoice-Studio's {'model': state dict}."""
-    if model_name in ("mossformer2", "mossformer2_se"):
+    if model_name in ("mossformer2", "mossformer2_se", "mossformergan"):
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-        from conftest import make_reference_mossformer2, make_reference_mossformer2_se
+        from conftest import make_reference_mossformer2, make_reference_mossformer2_se, make_reference_mossformer_gan
 
-        reference = (make_reference_mossformer2(dim=512, num_blocks=24, seed=seed) if model_name == "mossformer2"
-                     else make_reference_mossformer2_se(seed=seed))
+        reference = {"mossformer2": lambda: make_reference_mossformer2(dim=512, num_blocks=24, seed=seed),
+                     "mossformer2_se": lambda: make_reference_mossformer2_se(seed=seed),
+                     "mossformergan": lambda: make_reference_mossformer_gan(seed=seed)}[model_name]()
         torch.save({"model": reference.state_dict()}, os.path.join(directory, f"{model_name}.pt"))
         return
     from modelscope.models.audio.separation.mossformer import MossFormer as ReferenceMossFormer
@@ -112,7 +114,37 @@ class _WithSourceAxis(torch.nn.Module):
         return self.model(mix)[..., None]
 
 
+class _ClearVoiceGAN(torch.nn.Module):
+    """The reference MossFormerGAN_SE_16K as ClearVoice decodes one input (one pass), [1, T] -> [1, T, 1]."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, mix):
+        from clearvoice.utils import decode
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+        from conftest import MOSSFORMER_GAN_ARGS
+
+        args = argparse.Namespace(**{**MOSSFORMER_GAN_ARGS, "one_time_decode_length": 3600})  # one pass
+        out = decode.decode_one_audio_mossformergan_se_16k(self.network, "cpu", mix.numpy(), args)
+        return torch.as_tensor(out).float()[None, :, None]
+
+
 def load_model(model_name, implementation, directory):
+    if model_name == "mossformergan":
+        checkpoint = os.path.join(directory, "mossformergan.pt")
+        if implementation == "ours":
+            from speechbrain_ext.convert import mossformer_gan_from_official
+
+            return _WithSourceAxis(mossformer_gan_from_official(checkpoint))
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+        from conftest import MOSSFORMER_GAN_ARGS
+        from clearvoice.models.mossformer_gan_se.generator import MossFormerGAN_SE_16K
+
+        network = MossFormerGAN_SE_16K(argparse.Namespace(**MOSSFORMER_GAN_ARGS)).model
+        network.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        return _ClearVoiceGAN(network.eval()).eval()
     if model_name == "mossformer2_se":
         checkpoint = os.path.join(directory, "mossformer2_se.pt")
         if implementation == "ours":

@@ -346,8 +346,8 @@ def build_parser():
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="speechbrain-ext",
-        description="FRCRN / MossFormer2 speech enhancement and MossFormer / MossFormer2 speech separation for "
-        "SpeechBrain.",
+        description="FRCRN / MossFormer2 / MossFormerGAN speech enhancement and MossFormer / MossFormer2 speech "
+        "separation for SpeechBrain.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {speechbrain_ext.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -356,8 +356,8 @@ def build_parser():
     demo.add_argument("-o", "--output-dir", default="demo_output", help="where to write (default: demo_output)")
     demo.set_defaults(run=_run_demo)
 
-    enhance = commands.add_parser("enhance", help="remove noise from speech files with FRCRN (16 kHz) or MossFormer2 "
-                                  "(48 kHz)")
+    enhance = commands.add_parser("enhance", help="remove noise from speech files with FRCRN (16 kHz), MossFormer2 "
+                                  "(48 kHz) or MossFormerGAN (16 kHz)")
     _add_processing_arguments(enhance, "enhancement")
     enhance.add_argument("--stream", action="store_true",
                          help="process block by block as a live input would be (needs a causal model, 40 ms latency)")
@@ -374,7 +374,7 @@ def build_parser():
     convert.add_argument("--to", choices=sorted(LAYOUT_NAMES), default="speechbrain",
                          help="the layout: speechbrain (hyperparams.yaml + *.ckpt, default), modelscope (loads in "
                          "ModelScope's pipeline; FRCRN and MossFormer), clearervoice (loads in ClearVoice; FRCRN and "
-                         "the MossFormer2 models)")
+                         "the MossFormer2 and MossFormerGAN models)")
     _add_model_arguments(convert, " or ".join(f"{m} ({t})" for t, m in DEFAULT_MODELS.items()))
     convert.set_defaults(run=_run_convert)
 

@@ -1000,3 +1000,179 @@ def write_clearervoice_folder(directory, official, model_type=None, config=None)
     if config is not None:
         with open(os.path.join(directory, "configuration.json"), "w", encoding="utf-8") as file:
             json.dump({"model": {"type": model_type, **config}}, file, indent=4)
+
+
+# ----------------------------------------------------------------------------------------------
+# MossFormerGAN enhancement (ClearerVoice-Studio's MossFormerGAN_SE_16K)
+# ----------------------------------------------------------------------------------------------
+
+
+def _dense_block_prefixes(official, ours, depth=4):
+    """(official, ours) prefixes of a dense block's layers (official layers count from 1)."""
+    pairs = []
+    for i in range(depth):
+        k = i + 1
+        pairs += [
+            (f"{official}.conv{k}.", f"{ours}.convs.{i}."),
+            (f"{official}.norm{k}.", f"{ours}.norms.{i}."),
+            (f"{official}.prelu{k}.", f"{ours}.activations.{i}."),
+            (f"{official}.fsmn{k}.fsmn.linear.", f"{ours}.memories.{i}.hidden."),
+            (f"{official}.fsmn{k}.fsmn.project.", f"{ours}.memories.{i}.project."),
+            (f"{official}.fsmn{k}.fsmn.conv1.", f"{ours}.memories.{i}.conv."),
+        ]
+    return pairs
+
+
+def _feed_forward_prefixes(official, ours):
+    return [(f"{official}.mdl.0.", f"{ours}.layer_norm."), (f"{official}.mdl.1.", f"{ours}.linear."),
+            (f"{official}.mdl.3.sequential.1.conv.", f"{ours}.conv.")]
+
+
+def _mossformer_gan_prefixes(num_blocks, heads):
+    """Every (official prefix, our prefix) pair of a MossFormerGAN generator of this size: the
+    official names are ``SyncANet``'s, ours the :class:`MossFormerGANSE`'s (``generator.`` ...)."""
+    g = "generator"
+    pairs = [
+        ("dense_encoder.conv_1.", f"{g}.encoder_in."),
+        ("dense_encoder.conv_2.", f"{g}.encoder_down."),
+        *_dense_block_prefixes("dense_encoder.dilated_dense", f"{g}.encoder_dense"),
+        *_dense_block_prefixes("mask_decoder.dense_block", f"{g}.mask_dense"),
+        ("mask_decoder.sub_pixel.conv.", f"{g}.mask_up.conv."),
+        ("mask_decoder.conv_1.", f"{g}.mask_out.0."),
+        ("mask_decoder.norm.", f"{g}.mask_out.1."),
+        ("mask_decoder.prelu.", f"{g}.mask_out.2."),
+        ("mask_decoder.final_conv.", f"{g}.mask_out.3."),
+        ("mask_decoder.prelu_out.", f"{g}.mask_slopes."),
+        *_dense_block_prefixes("complex_decoder.dense_block", f"{g}.complex_dense"),
+        ("complex_decoder.sub_pixel.conv.", f"{g}.complex_up.conv."),
+        ("complex_decoder.norm.", f"{g}.complex_norm."),
+        ("complex_decoder.prelu.", f"{g}.complex_act."),
+        ("complex_decoder.conv.", f"{g}.complex_out."),
+    ]
+    for b in range(num_blocks):
+        block, ours = f"blocks.{b}", f"{g}.blocks.{b}"
+        pairs.append((f"{block}.Fconv.", f"{ours}.intra.pairs."))
+        for axis in ("intra", "inter"):
+            path, moss = f"{ours}.{axis}", f"{block}.{axis}_mossformer"
+            pairs += [
+                (f"{block}.{axis}_norm.", f"{path}.norm."),
+                *_feed_forward_prefixes(f"{block}.{axis}_to_u", f"{path}.to_memory"),
+                *_feed_forward_prefixes(f"{block}.{axis}_to_v", f"{path}.to_gate"),
+                (f"{block}.{axis}_rnn.0.linear.", f"{path}.memory.hidden."),
+                (f"{block}.{axis}_rnn.0.project.", f"{path}.memory.project."),
+                (f"{block}.{axis}_rnn.0.conv1.", f"{path}.memory.conv."),
+                (f"{moss}.rotary_pos_emb.", f"{path}.attention.rotary."),
+                *_feed_forward_prefixes(f"{moss}.to_hidden", f"{path}.attention.to_hidden"),
+                *_feed_forward_prefixes(f"{moss}.to_qk", f"{path}.attention.to_qk"),
+                *_feed_forward_prefixes(f"{moss}.to_out", f"{path}.attention.to_out"),
+                (f"{moss}.qk_offset_scale.gamma", f"{path}.attention.qk_gain"),
+                (f"{moss}.qk_offset_scale.beta", f"{path}.attention.qk_bias"),
+                (f"{block}.{axis}_linear.", f"{path}.merge."),
+                (f"{block}.{axis}_se.avg_pool_layer.", f"{path}.excitation.mean_gate."),
+                (f"{block}.{axis}_se.max_pool_layer.", f"{path}.excitation.max_gate."),
+            ]
+        for h in range(heads):
+            for kind, ours_kind in (("Q", "queries"), ("K", "keys"), ("V", "values")):
+                pairs.append((f"{block}.attn_conv_{kind}_{h}.", f"{ours}.fullband.{ours_kind}.{h}."))
+        pairs.append((f"{block}.attn_concat_proj.", f"{ours}.fullband.output."))
+    return pairs
+
+
+def _rename_by_prefix(name, prefixes):
+    """``name`` with its longest matching prefix replaced, or None."""
+    best = max((p for p in prefixes if name.startswith(p)), key=len, default=None)
+    return None if best is None else prefixes[best] + name[len(best):]
+
+
+# FSMN memories: Conv2d kernels [C, 1, K, 1] there, Conv1d [C, 1, K] here.
+_MOSSFORMER_GAN_SQUEEZED = re.compile(r".*\.(memories\.\d+|memory)\.conv\.weight$")
+
+
+def mossformer_gan_from_official(checkpoint, **model_kwargs):
+    """Build a :class:`~speechbrain_ext.lobes.models.mossformer_gan.MossFormerGANSE` from official weights.
+
+    Arguments
+    ---------
+    checkpoint : str, os.PathLike or dict
+        A ClearerVoice-Studio folder (``alibabasglab/MossFormerGAN_SE_16K``: ``last_best_checkpoint``
+        naming the checkpoint, optionally our ``configuration.json``), that file, or its content
+        (``{'model': state_dict, ...}`` or the generator's state dict; ``module.`` stripped).
+    **model_kwargs
+        MossFormerGANSE constructor arguments; they override ``configuration.json``.
+
+    Returns
+    -------
+    MossFormerGANSE
+        In eval mode, every tensor filled.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        If a tensor is missing, unexpected or of the wrong shape.
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.mossformer_gan import MossFormerGANSE
+    >>> tiny = dict(win_len=40, win_inc=10, channels=16, num_blocks=1, hidden_channels=32, query_key_dim=16,
+    ...             qk_channels=3)
+    >>> official = mossformer_gan_to_official(MossFormerGANSE(**tiny))
+    >>> official["blocks.0.intra_rnn.0.conv1.weight"].shape
+    torch.Size([32, 1, 39, 1])
+    >>> model = mossformer_gan_from_official({"model": official}, **tiny)
+    """
+    from speechbrain_ext.lobes.models.mossformer_gan import MossFormerGANSE
+
+    checkpoint, configuration = _clearervoice_checkpoint(checkpoint, MossFormerGANSE)
+    model = MossFormerGANSE(**{**configuration, **model_kwargs})
+    config = model.config
+    prefixes = dict(_mossformer_gan_prefixes(config["num_blocks"], config["heads"]))
+    expected = model.state_dict()
+    ours, unexpected, shape_errors = {}, [], []
+    for name, tensor in read_state_dict(checkpoint).items():
+        our_name = _rename_by_prefix(name, prefixes)
+        if our_name not in expected:
+            unexpected.append(name)
+            continue
+        target = expected[our_name].shape
+        if _MOSSFORMER_GAN_SQUEEZED.match(our_name) and tensor.shape == (*target, 1):
+            tensor = tensor.squeeze(-1)
+        if tensor.shape != target:
+            shape_errors.append(f"{name} {tuple(tensor.shape)} (expected {tuple(target)})")
+        else:
+            ours[our_name] = tensor
+    inverse = {v: k for k, v in prefixes.items()}
+    missing = [_rename_by_prefix(name, inverse) or name for name in expected if name not in ours]
+    _raise_if_mismatched("MossFormerGAN", missing, unexpected, shape_errors)
+    model.load_state_dict(ours, strict=True)
+    return model.eval()
+
+
+def mossformer_gan_to_official(model, directory=None):
+    """Export a MossFormerGANSE as the official generator state dict (loads with ``strict=True``
+    into the reference ``MossFormerGAN_SE_16K(args).model``), and optionally a ClearerVoice-Studio
+    folder (see :func:`write_clearervoice_folder`).
+
+    Example
+    -------
+    >>> from speechbrain_ext.lobes.models.mossformer_gan import MossFormerGANSE
+    >>> len(mossformer_gan_to_official(MossFormerGANSE()))
+    1065
+    """
+    config = model.config
+    inverse = {ours: official for official, ours in _mossformer_gan_prefixes(config["num_blocks"], config["heads"])}
+    official = {}
+    for name, tensor in model.state_dict().items():
+        official_name = _rename_by_prefix(name, inverse)
+        if official_name is None:
+            raise KeyError(f"no official name for MossFormerGAN tensor {name!r}")
+        tensor = tensor.detach().clone()
+        official[official_name] = tensor[..., None] if _MOSSFORMER_GAN_SQUEEZED.match(name) else tensor
+    if directory is not None:
+        write_clearervoice_folder(directory, official, "MossFormerGAN_SE_16K", config)
+    return official
+
+
+def load_mossformer_gan_official(model, checkpoint):
+    """Fill an existing MossFormerGANSE ``model`` from official weights (strictly); returns it."""
+    model.load_state_dict(mossformer_gan_from_official(checkpoint, **model.config).state_dict())
+    return model

@@ -65,6 +65,16 @@ def _mossformer(interface):
     return model_class.from_modules(mods["encoder"], mods["masknet"], mods["decoder"])
 
 
+_OFFICIAL_MOSSFORMER_GAN = dict(sample_rate=16000, win_len=400, win_inc=100, compression=0.3, channels=64, num_blocks=6,
+                                hidden_channels=128, query_key_dim=128, heads=4, qk_channels=6)
+
+
+def _is_mossformer_gan(interface):
+    from speechbrain_ext.lobes.models.mossformer_gan import MossFormerGANSE
+
+    return "model" in interface.mods and isinstance(interface.mods["model"], MossFormerGANSE)
+
+
 def _is_mossformer2_se(interface):
     from speechbrain_ext.lobes.models.mossformer2_se import MossFormer2SE
 
@@ -171,7 +181,8 @@ def _write_speechbrain(interface, folder, source):
     for name, module in interface.mods.items():
         torch.save(module.state_dict(), os.path.join(folder, f"{name}.ckpt"))
     kind = "SeparateMossFormer" if _task(interface) == "separation" else (
-        "EnhanceMossFormer2" if _is_mossformer2_se(interface) else "EnhanceFRCRN")
+        "EnhanceMossFormer2" if _is_mossformer2_se(interface) else
+        "EnhanceMossFormerGAN" if _is_mossformer_gan(interface) else "EnhanceFRCRN")
     _write_readme(folder, source, f"from speechbrain_ext.inference import {kind}\n"
                                   f"model = {kind}.from_hparams(source=\"path/to/this/folder\")")
 
@@ -179,9 +190,9 @@ def _write_speechbrain(interface, folder, source):
 def _write_modelscope(interface, folder, source):
     from speechbrain_ext.convert import frcrn_to_official, modelscope_configuration, mossformer_to_official
 
-    if _is_mossformer2_se(interface) or _is_mossformer2(interface):
-        raise ModelFolderError("ModelScope has no MossFormer2 model to load this into: write it --to clearervoice "
-                               "or --to speechbrain instead")
+    if _is_mossformer2_se(interface) or _is_mossformer2(interface) or _is_mossformer_gan(interface):
+        raise ModelFolderError("ModelScope has no MossFormer2 or MossFormerGAN model to load this into: write it "
+                               "--to clearervoice or --to speechbrain instead")
     if _task(interface) == "enhancement":
         model = interface.mods["model"]
         _check_reference_frcrn(model, "ModelScope")
@@ -201,12 +212,18 @@ def _write_modelscope(interface, folder, source):
 def _write_clearervoice(interface, folder, source):
     from speechbrain_ext.convert import (
         frcrn_to_official,
+        mossformer_gan_to_official,
         mossformer2_se_to_official,
         mossformer2_to_official,
         write_clearervoice_folder,
     )
 
-    if _is_mossformer2_se(interface):
+    if _is_mossformer_gan(interface):
+        model = interface.mods["model"]
+        _check_official_sizes(model.config, _OFFICIAL_MOSSFORMER_GAN, "MossFormerGAN_SE_16K")
+        mossformer_gan_to_official(model, folder)
+        name, task = "MossFormerGAN_SE_16K", "speech_enhancement"
+    elif _is_mossformer2_se(interface):
         model = interface.mods["model"]
         _check_official_sizes(model.config, _OFFICIAL_MOSSFORMER2_SE, "MossFormer2_SE_48K")
         mossformer2_se_to_official(model, folder, sample_rate=interface.hparams.sample_rate)

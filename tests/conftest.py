@@ -190,3 +190,19 @@ def make_reference_mossformer2_se(seed=0):
 
     torch.manual_seed(seed)
     return perturb_(MossFormer2_SE_48K(argparse.Namespace()).model, seed + 1)
+
+
+#: ClearVoice's own arguments for MossFormerGAN_SE_16K (its config/inference/MossFormerGAN_SE_16K.yaml).
+MOSSFORMER_GAN_ARGS = dict(mode="inference", sampling_rate=16000, one_time_decode_length=10, decode_window=10,
+                           win_type="hamming", win_len=400, win_inc=100, fft_len=400)
+
+
+def make_reference_mossformer_gan(seed=0):
+    """ClearerVoice-Studio's MossFormerGAN_SE_16K generator (``MossFormerGAN_SE_16K(args).model``,
+    its only size), every tensor randomly perturbed, in eval mode."""
+    import argparse
+
+    from clearvoice.models.mossformer_gan_se.generator import MossFormerGAN_SE_16K
+
+    torch.manual_seed(seed)
+    return perturb_(MossFormerGAN_SE_16K(argparse.Namespace(**MOSSFORMER_GAN_ARGS)).model, seed + 1)

@@ -1,10 +1,16 @@
-"""Ready-to-use interfaces: enhancement (FRCRN, MossFormer2) and separation (MossFormer, MossFormer2)."""
+"""Ready-to-use interfaces: enhancement (FRCRN, MossFormer2, MossFormerGAN) and separation (MossFormer, MossFormer2)."""
 
-from speechbrain_ext.inference.enhancement import EnhanceFRCRN, EnhanceMossFormer2, WaveformEnhancer, enhancer_for
+from speechbrain_ext.inference.enhancement import (
+    EnhanceFRCRN,
+    EnhanceMossFormer2,
+    EnhanceMossFormerGAN,
+    WaveformEnhancer,
+    enhancer_for,
+)
 from speechbrain_ext.inference.separation import SeparateMossFormer
 from speechbrain_ext.inference.streaming import FRCRNStreamer, stream_file
 
 __all__ = [
-    "EnhanceFRCRN", "EnhanceMossFormer2", "FRCRNStreamer", "SeparateMossFormer", "WaveformEnhancer", "enhancer_for",
+    "EnhanceFRCRN", "EnhanceMossFormer2", "EnhanceMossFormerGAN", "FRCRNStreamer", "SeparateMossFormer", "WaveformEnhancer", "enhancer_for",
     "stream_file",
 ]

@@ -4,7 +4,8 @@
 folder or a Hugging Face repo holding ``hyperparams.yaml`` and checkpoints):
 
 - the official repositories by id: ``alibabasglab/FRCRN_SE_16K``,
-  ``alibabasglab/MossFormer2_SS_16K`` and ``alibabasglab/MossFormer2_SE_48K`` (Hugging Face, ClearerVoice-Studio layout) and the
+  ``alibabasglab/MossFormer2_SS_16K``, ``alibabasglab/MossFormer2_SE_48K`` and
+  ``alibabasglab/MossFormerGAN_SE_16K`` (Hugging Face, ClearerVoice-Studio layout) and the
   ModelScope ids of FRCRN and MossFormer (through the ``modelscope`` hub client);
 - a local folder holding an official checkpoint (ModelScope or ClearerVoice layout).
 
@@ -40,6 +41,7 @@ OFFICIAL_REPOS = {
     "iic/speech_mossformer_separation_temporal_8k": OfficialRepo("modelscope", "mossformer-8k"),
     "alibabasglab/MossFormer2_SS_16K": OfficialRepo("huggingface", "mossformer2-ss-16k"),
     "alibabasglab/MossFormer2_SE_48K": OfficialRepo("huggingface", "mossformer2-se-48k"),
+    "alibabasglab/MossFormerGAN_SE_16K": OfficialRepo("huggingface", "mossformergan-se-16k"),
 }
 
 # Files that mark a folder as holding official (not SpeechBrain-format) weights.
@@ -155,7 +157,7 @@ class OfficialSourceMixin:
         """
         if not cls.CARDS and (is_official_folder(os.fspath(source)) or os.fspath(source) in OFFICIAL_REPOS):
             raise SourceError(f"{cls.__name__} loads SpeechBrain-format sources only: load {source} with the "
-                              "interface of its model (EnhanceFRCRN, EnhanceMossFormer2 or SeparateMossFormer)")
+                              "interface of its model (EnhanceFRCRN, EnhanceMossFormer2, EnhanceMossFormerGAN or SeparateMossFormer)")
         official = official_folder(source, cls.CARDS, revision)
         if official is None:
             if revision is not None:
