@@ -328,6 +328,43 @@ def test_mossformer2_fullband_finetunes_trains_and_evaluates_at_48k(tmp_path):
     assert not exported.normalize  # the input level is kept, as for the official model
 
 
+def test_mossformergan_generator_finetunes_with_the_recipe(dns_folder, tmp_path):
+    """hparams/mossformergan.yaml (16 kHz, the generator with the negative SI-SNR loss): fine-tuning
+    from a ClearerVoice-Studio folder of a tiny generator, its validation as epoch 0 equal to the
+    loss computed here, one epoch, the test sets scored, the model exported for EnhanceMossFormerGAN."""
+    from speechbrain_ext.audio import whole_frames_length
+    from speechbrain_ext.convert import mossformer_gan_to_official
+    from speechbrain_ext.inference import EnhanceMossFormerGAN
+    from speechbrain_ext.lobes.models.mossformer_gan import MossFormerGANSE
+    from speechbrain_ext.training.enhancement import negative_si_snr
+
+    from conftest import perturb_
+
+    tiny = dict(channels=16, num_blocks=1, hidden_channels=32, query_key_dim=16, qk_channels=3)
+    torch.manual_seed(0)
+    model = perturb_(MossFormerGANSE(**tiny), 2)
+    mossformer_gan_to_official(model, tmp_path / "MossFormerGAN_SE_16K")
+    output = tmp_path / "run"
+    run_recipe(recipe_command(
+        "mossformergan.yaml", dns_folder, output, *(item for k, v in tiny.items() for item in (f"--{k}", str(v))),
+        "--pretrained_path", str(tmp_path / "MossFormerGAN_SE_16K"), "--segment_seconds", "0.5", "--batch_size", "2",
+        "--num_workers", "0", "--num_valid_mixtures", "2", "--number_of_epochs", "1", "--noprogressbar",
+        "--ckpt_interval_minutes", "0",
+    ))
+    epochs = history(output)
+    assert [entry["epoch"] for entry in epochs] == [0, 1]
+    with open(os.path.join(output, "save", "valid.csv"), newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    segment = whole_frames_length(8000, 400, 100, rounding="nearest")
+    with torch.no_grad():
+        losses = [float(negative_si_snr(model.eval()(noisy[None]), noisy[None], clean[None]).mean())
+                  for noisy, clean in (prepare_dns.validation_mixture(row, segment_samples=segment) for row in rows)]
+    assert epochs[0]["valid"]["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+    assert_evaluation_written(output, "no_reverb")
+    exported = EnhanceMossFormerGAN.from_hparams(source=str(output / "model"), savedir=str(output / "model"))
+    assert type(exported.mods.model).__name__ == "MossFormerGANSE" and not exported.normalize
+
+
 @pytest.mark.parametrize("module", [synthetic_dns], ids=lambda module: module.__name__)
 def test_recipe_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

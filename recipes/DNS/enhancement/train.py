@@ -17,6 +17,7 @@ To run it:
     torchrun --nproc_per_node=4 train.py hparams/frcrn.yaml --data_folder ...
     python train.py hparams/frcrn.yaml --data_folder ... --pretrained_path pytorch_model.bin
     python train.py hparams/mossformer2_se.yaml --data_folder ...       # fullband, 48 kHz
+    python train.py hparams/mossformergan.yaml --data_folder ...        # MossFormerGAN generator, 16 kHz
     python train.py hparams/mossformer2_se.yaml --data_folder ... --pretrained_path /path/to/MossFormer2_SE_48K
 
 ``--pretrained_path`` starts from official FRCRN weights (ModelScope ``pytorch_model.bin`` or a
