@@ -23,6 +23,35 @@ OFFICIAL_FRCRN_KWARGS = dict(
 )
 
 
+@pytest.fixture
+def two_threads():
+    """Run as on the 2-core CI machine; restore the setting for other test files (use it with
+    ``pytestmark = pytest.mark.usefixtures("two_threads")``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def assert_close_to_peak(ours, theirs, bound=1e-4):
+    """max |ours - theirs| <= ``bound`` times the peak of ``theirs``."""
+    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
+    assert relative <= bound, f"max |difference| {relative:.2e} of the peak"
+
+
+def gradients_as_model(model):
+    """A copy of ``model`` whose parameters hold its gradients (frozen ones keep their values),
+    so that a converter can name the gradients as it names the weights."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter, original in zip(clone.parameters(), model.parameters()):
+            if original.grad is not None:
+                parameter.copy_(original.grad)
+    return clone
+
+
 def randomize_(module, seed):
     """Perturb every learned tensor and give batch norms non-trivial running statistics.
 
@@ -146,18 +175,7 @@ def make_reference_mossformer2(dim=64, num_blocks=2, num_spks=2, seed=0):
     torch.manual_seed(seed)
     args = argparse.Namespace(num_spks=num_spks, encoder_kernel_size=16, encoder_embedding_dim=dim,
                               mossformer_sequence_dim=dim, num_mossformer_layer=num_blocks)
-    model = MossFormer2_SS_16K(args).model
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            noise = torch.randn(tensor.shape, generator=generator)
-            if name.endswith("qk_offset_scale.gamma"):
-                tensor.copy_(noise)  # large q/k scales, so that the attention matters
-            elif name.endswith("qk_offset_scale.beta"):
-                tensor.copy_(0.1 * noise)
-            else:
-                tensor.mul_(1 + 0.3 * noise).add_(0.02 * torch.randn(tensor.shape, generator=generator))
-    return model.eval()
+    return perturb_(MossFormer2_SS_16K(args).model, seed + 1)
 
 
 def mossformer2_kwargs(dim=64, num_blocks=2, num_spks=2):

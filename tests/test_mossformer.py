@@ -27,6 +27,10 @@ from speechbrain_ext.lobes.models.mossformer import MossFormer
 
 from modelscope.models.audio.separation import mossformer as reference  # the parity oracle
 
+from conftest import perturb_
+
+pytestmark = pytest.mark.usefixtures("two_threads")  # as on the 2-core CI machine
+
 HPARAMS = os.path.join(os.path.dirname(__file__), "..", "hparams", "mossformer.yaml")
 
 OFFICIAL = dict(
@@ -44,30 +48,12 @@ ODD_LENGTHS = (1237, 4001)
 ALIGNED_LENGTH = 159 * 8 + 16
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    """Run as on the 2-core CI machine; restore the setting for other test files."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 def build_reference(config, directory, seed=0):
     """The reference MossFormer with every official tensor randomly perturbed, in eval mode."""
     torch.manual_seed(seed)
-    model = reference.MossFormer(str(directory), **config)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            noise = torch.randn(tensor.shape, generator=generator)
-            if name.endswith("qk_offset_scale.gamma"):
-                tensor.copy_(noise)  # large q/k scales, so that the attention matters
-            elif name.endswith("qk_offset_scale.beta"):
-                tensor.copy_(0.1 * noise)
-            else:
-                tensor.mul_(1 + 0.3 * noise).add_(0.02 * torch.randn(tensor.shape, generator=generator))
-    return model.eval()
+    return perturb_(reference.MossFormer(str(directory), **config), seed + 1)
 
 
 def save_official(model, directory):

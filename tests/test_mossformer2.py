@@ -24,7 +24,9 @@ from speechbrain_ext.evaluation import metrics
 from speechbrain_ext.lobes.models import mossformer2 as mossformer2_module
 from speechbrain_ext.lobes.models.mossformer2 import MossFormer2, MossFormer2MaskNet
 
-from conftest import make_reference_mossformer2, mossformer2_kwargs
+from conftest import gradients_as_model, make_reference_mossformer2, mossformer2_kwargs
+
+pytestmark = pytest.mark.usefixtures("two_threads")  # as on the 2-core CI machine
 
 HPARAMS = os.path.join(os.path.dirname(__file__), "..", "hparams", "mossformer2.yaml")
 SMALL = mossformer2_kwargs(dim=64, num_blocks=2)
@@ -33,12 +35,6 @@ SMALL = mossformer2_kwargs(dim=64, num_blocks=2)
 ODD_LENGTHS = (2001, 16007)
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 def mixtures(batch, length, seed=0):
@@ -120,7 +116,7 @@ def test_training_gradients_match_reference_for_every_parameter():
 
     # Our parameters in the official layout, with their gradients alongside.
     official = mossformer2_to_official(ours)
-    our_grads = mossformer2_to_official({part: _grads_as_module(getattr(ours, part)) for part in ("encoder", "masknet", "decoder")})
+    our_grads = mossformer2_to_official(gradients_as_model(ours))  # our gradients, official names
     worst, checked = 0.0, 0
     for name, parameter in theirs.named_parameters():
         if not parameter.requires_grad:
@@ -131,18 +127,6 @@ def test_training_gradients_match_reference_for_every_parameter():
         checked += 1
     assert checked == sum(1 for p in theirs.parameters() if p.requires_grad)
     assert worst <= 1e-4, f"largest gradient difference {worst:.2e} of the gradient's scale"
-
-
-def _grads_as_module(module):
-    """A copy of ``module`` whose parameters hold its gradients (frozen ones: their values)."""
-    import copy
-
-    clone = copy.deepcopy(module)
-    with torch.no_grad():
-        for (name, parameter), (_, original) in zip(clone.named_parameters(), module.named_parameters()):
-            if original.grad is not None:
-                parameter.copy_(original.grad)
-    return clone
 
 
 def test_round_trip_loads_strictly_into_reference(small_pair, tmp_path):

@@ -25,20 +25,16 @@ from speechbrain_ext.lobes.models import mossformer2_se as se_module
 from speechbrain_ext.lobes.models.mossformer2_se import MossFormer2SE
 from speechbrain_ext.model_folders import write_model_folder
 
-from conftest import make_reference_mossformer2_se, perturb_
+from conftest import assert_close_to_peak, gradients_as_model, make_reference_mossformer2_se, perturb_
 from test_sources import COMMIT_A, clearervoice_files, fill_hf_cache, run_offline
+
+pytestmark = pytest.mark.usefixtures("two_threads")  # as on the 2-core CI machine
 
 RATE = 48000
 TINY = dict(d_model=32, num_blocks=1, group_size=16, query_key_dim=16, fsmn_channels=16)
 CLI = os.path.join(os.path.dirname(sys.executable), "speechbrain-ext")
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +69,6 @@ def clearvoice_enhance(theirs, wave, monkeypatch):
         return torch.as_tensor(decode.decode_one_audio_mossformer2_se_48k(theirs, "cpu", wave[None].numpy(), args))
 
 
-def assert_close(ours, theirs, bound=1e-4):
-    relative = ((ours - theirs).abs().max() / theirs.abs().max()).item()
-    assert relative <= bound, f"max |difference| {relative:.2e} of the peak"
-
-
 def test_parity_with_clearvoice_decoding(official_pair, monkeypatch):
     """Our model on a 1.3 s input (not whole frames) = ClearVoice's features, network, mask and
     resynthesis, within 1e-4 of the output's peak."""
@@ -85,7 +76,7 @@ def test_parity_with_clearvoice_decoding(official_pair, monkeypatch):
     wave = noisy(1, 1.3, seed=1)[0]
     expected = clearvoice_enhance(theirs, wave.double(), monkeypatch).float()
     with torch.no_grad():
-        assert_close(ours(wave[None])[0], expected)
+        assert_close_to_peak(ours(wave[None])[0], expected)
 
 
 def test_batch_items_match_single_runs_and_fused(official_pair):
@@ -94,9 +85,9 @@ def test_batch_items_match_single_runs_and_fused(official_pair):
     with torch.no_grad():
         together = ours(batch)
         for item in range(2):
-            assert_close(together[item], ours(batch[item : item + 1])[0], 1e-5)
+            assert_close_to_peak(together[item], ours(batch[item : item + 1])[0], 1e-5)
         fused = mossformer2_se_from_official(mossformer2_se_to_official(ours)).fuse_for_inference()
-        assert_close(fused(batch), together, 1e-5)
+        assert_close_to_peak(fused(batch), together, 1e-5)
 
 
 def test_round_trip_loads_strictly_into_reference(official_pair, tmp_path):
@@ -147,13 +138,8 @@ def test_gradients_match_reference_at_a_small_size():
 
     for output in (ours(wave), reference_forward(wave)):
         get_si_snr_with_pitwrapper(clean[..., None], output[..., None]).mean().backward()
-    # Our gradients in the official layout: a copy of the model holding them as its weights.
     official = mossformer2_se_to_official(ours)
-    grads_model = MossFormer2SE(**small).double()
-    with torch.no_grad():
-        for (name, parameter), (_, original) in zip(grads_model.named_parameters(), ours.named_parameters()):
-            parameter.copy_(original.grad if original.grad is not None else original)  # frozen: rotary angles
-    exported_grads = mossformer2_se_to_official(grads_model)
+    exported_grads = mossformer2_se_to_official(gradients_as_model(ours))  # our gradients, official names
     worst = 0.0
     for name, parameter in theirs.named_parameters():
         if parameter.requires_grad:
@@ -185,7 +171,7 @@ def test_interface_enhances_files_of_any_rate_and_channels(tmp_path):
     sf.write(tmp_path / "long.wav", wave[0].numpy(), RATE, subtype="FLOAT")
     whole = enhancer.enhance_file(str(tmp_path / "long.wav"), chunk_seconds=None)
     chunked = enhancer.enhance_file(str(tmp_path / "long.wav"), chunk_seconds=1.0, overlap_seconds=0.25)
-    assert_close(whole, enhancer.enhance_batch(wave)[0], 1e-6)
+    assert_close_to_peak(whole, enhancer.enhance_batch(wave)[0], 1e-6)
     assert whole.shape == chunked.shape == (wave.shape[-1],)
     with pytest.raises(Exception, match="shorter than one MossFormer2 frame"):
         enhancer.enhance_batch(torch.zeros(1, 1000))
@@ -227,7 +213,7 @@ torch.save(model.enhance_batch(noisy), {str(tmp_path / "out.pt")!r})
     wave = 0.1 * torch.randn(1, 30001, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = ours(torch.nn.functional.pad(wave, (0, 30336 - 30001)))[:, :30001]  # padded to whole frames
-    assert_close(out, expected, 1e-5)
+    assert_close_to_peak(out, expected, 1e-5)
 
     enhancer = EnhanceMossFormer2(modules={"model": ours}, hparams={"sample_rate": 48000, "normalize": False})
     folder = tmp_path / "clearervoice"

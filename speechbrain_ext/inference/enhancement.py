@@ -350,6 +350,10 @@ def enhancer_for(source):
         from speechbrain_ext.convert import named_checkpoint, read_state_dict
 
         checkpoint = named_checkpoint(source)  # None: a ModelScope (FRCRN) folder
+        try:  # memory-mapped: only the names are read here, the loader reads the tensors
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True) if checkpoint else None
+        except Exception:
+            pass  # not a zip checkpoint: read_state_dict reads it (or says why it cannot)
         names = list(read_state_dict(checkpoint)) if checkpoint is not None else []
         for interface, prefix in _ENHANCERS.values():
             if any(name.startswith(prefix) for name in names):

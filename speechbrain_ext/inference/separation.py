@@ -80,13 +80,13 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         )
 
         configuration = read_official_configuration(os.path.join(folder, "configuration.json"))
-        if cls._folder_card(folder) == "mossformer2-ss-16k" and not configuration:
+        mossformer2 = cls._folder_card(folder) == "mossformer2-ss-16k"
+        if mossformer2 and not configuration:
             # ClearerVoice-Studio's own folder: the card's modules, filled in place.
             modules = {name: hparams[name] for name in cls.MODULES_NEEDED}
             load_mossformer2_official(modules, folder)
         else:  # sized by the folder's configuration.json (ModelScope's, or one we wrote)
-            load = mossformer2_from_official if cls._folder_card(folder) == "mossformer2-ss-16k" else mossformer_from_official
-            official = load(folder)
+            official = (mossformer2_from_official if mossformer2 else mossformer_from_official)(folder)
             modules = {name: getattr(official, name) for name in cls.MODULES_NEEDED}
         hparams["num_spks"] = modules["masknet"].num_spks
         # Official folders hold no rate (the card's); the folders we write hold theirs.

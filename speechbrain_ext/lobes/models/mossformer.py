@@ -762,12 +762,20 @@ class MossFormer(nn.Module):
         expansion_factor=4.0, attn_dropout=0.1, causal=False, norm="ln",
     ):  # fmt: skip
         super().__init__()
-        self.encoder = MossFormerEncoder(kernel_size=kernel_size, out_channels=out_channels)
-        self.masknet = MossFormerMaskNet(
-            in_channels, out_channels, num_spks=num_spks, num_blocks=num_blocks, d_model=d_model,
-            group_size=group_size, query_key_dim=query_key_dim, expansion_factor=expansion_factor,
-            attn_dropout=attn_dropout, causal=causal, norm=norm,
+        self._assemble(
+            lambda: MossFormerMaskNet(
+                in_channels, out_channels, num_spks=num_spks, num_blocks=num_blocks, d_model=d_model,
+                group_size=group_size, query_key_dim=query_key_dim, expansion_factor=expansion_factor,
+                attn_dropout=attn_dropout, causal=causal, norm=norm,
+            ),
+            kernel_size, stride, in_channels, out_channels, bias,
         )  # fmt: skip
+
+    def _assemble(self, make_masknet, kernel_size, stride, in_channels, out_channels, bias):
+        """The encoder, the masknet ``make_masknet()`` builds, and the decoder, initialised in this
+        order (shared by the MossFormer2 separator)."""
+        self.encoder = MossFormerEncoder(kernel_size=kernel_size, out_channels=out_channels)
+        self.masknet = make_masknet()
         # One output channel: the decoder turns each masked representation into a waveform.
         self.decoder = MossFormerDecoder(in_channels, out_channels=1, kernel_size=kernel_size, stride=stride, bias=bias)
 

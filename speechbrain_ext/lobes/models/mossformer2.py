@@ -32,8 +32,6 @@ from speechbrain_ext.lobes.models.mossformer import (
     ConvFeedForward,
     DepthwiseTimeConv,
     MossFormer,
-    MossFormerDecoder,
-    MossFormerEncoder,
     MossFormerMaskNet,
     _TimeMajorDepthwiseConv,
 )
@@ -394,14 +392,15 @@ class MossFormer2(MossFormer):
         fsmn_channels=256, memory_order=20, memory_depth=2,
     ):  # fmt: skip
         nn.Module.__init__(self)
-        self.encoder = MossFormerEncoder(kernel_size=kernel_size, out_channels=out_channels)
-        self.masknet = MossFormer2MaskNet(
-            in_channels, out_channels, num_spks=num_spks, num_blocks=num_blocks, d_model=d_model,
-            group_size=group_size, query_key_dim=query_key_dim, expansion_factor=expansion_factor,
-            attn_dropout=attn_dropout, causal=causal, norm=norm, fsmn_channels=fsmn_channels,
-            memory_order=memory_order, memory_depth=memory_depth,
+        self._assemble(
+            lambda: MossFormer2MaskNet(
+                in_channels, out_channels, num_spks=num_spks, num_blocks=num_blocks, d_model=d_model,
+                group_size=group_size, query_key_dim=query_key_dim, expansion_factor=expansion_factor,
+                attn_dropout=attn_dropout, causal=causal, norm=norm, fsmn_channels=fsmn_channels,
+                memory_order=memory_order, memory_depth=memory_depth,
+            ),
+            kernel_size, stride, in_channels, out_channels, bias,
         )  # fmt: skip
-        self.decoder = MossFormerDecoder(in_channels, out_channels=1, kernel_size=kernel_size, stride=stride, bias=bias)
 
     @property
     def config(self):
