@@ -34,12 +34,34 @@ def _first_line(error):
 
 def _load_model(task, args):
     """Load the interface, or exit with one sentence explaining why it could not be loaded."""
+    if getattr(args, "onnx", None) or getattr(args, "backend", None) == "onnxruntime":
+        return _load_graph(task, args)
     source = args.model or DEFAULT_MODELS[task]
     run_opts = {"device": args.device} if getattr(args, "device", None) else None
     try:
         return _interface(task, source).from_hparams(source=source, revision=args.revision, run_opts=run_opts)
     except Exception as error:  # any loading failure (ours, SpeechBrain's, torch's): one line
         raise SystemExit(f"speechbrain-ext: cannot load model {source!r}: {_first_line(error)}") from None
+
+
+def _load_graph(task, args):
+    """The interface (or, with ``--stream``, the streamer) running an exported graph in onnxruntime."""
+    from speechbrain_ext.inference import OnnxFRCRNStreamer, SeparateMossFormer, WaveformEnhancer, load_onnx
+
+    if getattr(args, "backend", None) == "torch":
+        raise SystemExit("speechbrain-ext: --onnx runs a graph in onnxruntime: use --backend onnxruntime (or leave "
+                         "--backend out)")
+    if not args.onnx:
+        raise SystemExit("speechbrain-ext: --backend onnxruntime needs --onnx GRAPH (speechbrain-ext export writes one)")
+    if args.model:
+        raise SystemExit("speechbrain-ext: --model and --onnx both name a model (the graph holds its own): give one")
+    run_opts = {"device": args.device} if getattr(args, "device", None) else None
+    try:
+        if getattr(args, "stream", False):
+            return OnnxFRCRNStreamer(args.onnx)
+        return load_onnx(args.onnx, SeparateMossFormer if task == "separation" else WaveformEnhancer, run_opts=run_opts)
+    except Exception as error:
+        raise SystemExit(f"speechbrain-ext: cannot run graph {args.onnx!r}: {_first_line(error)}") from None
 
 
 def _reason(path, error):
@@ -78,10 +100,11 @@ def _process(task, args):
 
     plan = _plan(task, args)  # refuses unsafe plans before the model is loaded
     model = _load_model(task, args)
-    if getattr(args, "stream", False) and not getattr(model.mods.model, "causal", False):
+    mods = getattr(model, "mods", None)  # (none: the onnxruntime streamer, which is causal)
+    if getattr(args, "stream", False) and mods is not None and not getattr(mods.model, "causal", False):
         raise SystemExit(f"speechbrain-ext: --stream needs a causal FRCRN (FRCRN(causal=True)); "
                          f"{args.model or DEFAULT_MODELS[task]} holds a non-causal {type(model.mods.model).__name__}")
-    num_spks = getattr(model.hparams, "num_spks", 2)
+    num_spks = getattr(getattr(model, "hparams", None), "num_spks", 2)
     if task == "separation" and num_spks != 2:
         plan = _plan(task, args, num_spks)
     failed = list(plan.failed)
@@ -159,6 +182,27 @@ def _run_convert(args):
     print(f"wrote a {LAYOUT_NAMES[args.to]} {args.task} model to {args.output_dir}:")
     for path in written:
         print(f"  {path}")
+    return 0
+
+
+def _run_export(args):
+    from speechbrain_ext.export import ExportError, export_onnx
+
+    source = args.model or (DEFAULT_MODELS[args.task] if args.task else None)
+    if source is None:
+        raise SystemExit("speechbrain-ext: export needs --model SOURCE (or a task, to export its default model)")
+    try:
+        metadata = export_onnx(source, args.output, task=args.task, streaming=args.streaming,
+                               overwrite=args.overwrite, revision=args.revision)
+    except ExportError as error:
+        raise SystemExit(f"speechbrain-ext: {_first_line(error)}") from None
+    except Exception as error:  # loading or tracing failures: one line
+        raise SystemExit(f"speechbrain-ext: cannot export {source!r}: {_first_line(error)}") from None
+    kinds = {"enhancer": "an enhancer graph (noisy [batch, time] -> enhanced [batch, time])",
+             "separator": "a separator graph (mix [batch, time] -> sources [batch, time, speakers])",
+             "stream": "a stream-step graph (one hop in, one hop out, state as inputs/outputs)"}
+    print(f"wrote {kinds[metadata['kind']]} of {source} to {args.output} "
+          f"({metadata['hparams']['sample_rate']} Hz, {metadata['interface']})")
     return 0
 
 
@@ -314,11 +358,19 @@ def _channels(text):
     return int(text)
 
 
-def _add_model_arguments(parser, default):
+def _add_model_arguments(parser, default, device=True):
     parser.add_argument("--model", help=f"model source: a SpeechBrain-format folder or Hugging Face repo, an "
                         f"official repo id, or a folder of official weights (default: {default})")
     parser.add_argument("--revision", help="pin a Hub revision (branch, tag or commit) of --model")
-    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    if device:
+        parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+
+
+def _add_backend_arguments(parser):
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"),
+                        help="run the model in PyTorch (default) or run an exported graph (--onnx) in onnxruntime")
+    parser.add_argument("--onnx", metavar="GRAPH", help="an ONNX graph written by `speechbrain-ext export` (implies "
+                        "--backend onnxruntime; the graph holds its model, so no --model)")
 
 
 def _add_processing_arguments(parser, task):
@@ -326,6 +378,7 @@ def _add_processing_arguments(parser, task):
     parser.add_argument("-o", "--output-dir", required=True,
                         help="folder for the results (mirrors input folders; never an input folder)")
     _add_model_arguments(parser, DEFAULT_MODELS[task])
+    _add_backend_arguments(parser)
     parser.add_argument("--batch-size", type=_positive_int, default=1, help="chunks per forward pass (default: 1)")
     parser.add_argument("--chunk-seconds", type=_seconds,
                         help="process long files in chunks of this length; 0 = whole file at once "
@@ -377,6 +430,17 @@ def build_parser():
                          "the MossFormer2 and MossFormerGAN models)")
     _add_model_arguments(convert, " or ".join(f"{m} ({t})" for t, m in DEFAULT_MODELS.items()))
     convert.set_defaults(run=_run_convert)
+
+    export = commands.add_parser("export", help="write a model as an ONNX graph that takes any input length")
+    export.add_argument("task", nargs="?", choices=sorted(DEFAULT_MODELS),
+                        help="which model the source holds (default: told by the source)")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="the format (default: onnx)")
+    export.add_argument("-o", "--output", required=True, metavar="GRAPH", help="the .onnx file to write")
+    export.add_argument("--streaming", action="store_true",
+                        help="the one-hop stream step of a causal FRCRN (state as explicit inputs and outputs)")
+    export.add_argument("--overwrite", action="store_true", help="replace GRAPH if speechbrain-ext exported it")
+    _add_model_arguments(export, " or ".join(f"{m} ({t})" for t, m in DEFAULT_MODELS.items()), device=False)
+    export.set_defaults(run=_run_export)
 
     evaluate = commands.add_parser(
         "evaluate",

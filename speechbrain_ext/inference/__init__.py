@@ -7,10 +7,11 @@ from speechbrain_ext.inference.enhancement import (
     WaveformEnhancer,
     enhancer_for,
 )
+from speechbrain_ext.inference.onnx import OnnxFRCRNStreamer, load_onnx
 from speechbrain_ext.inference.separation import SeparateMossFormer
 from speechbrain_ext.inference.streaming import FRCRNStreamer, stream_file
 
 __all__ = [
-    "EnhanceFRCRN", "EnhanceMossFormer2", "EnhanceMossFormerGAN", "FRCRNStreamer", "SeparateMossFormer", "WaveformEnhancer", "enhancer_for",
-    "stream_file",
+    "EnhanceFRCRN", "EnhanceMossFormer2", "EnhanceMossFormerGAN", "FRCRNStreamer", "OnnxFRCRNStreamer", "SeparateMossFormer",
+    "WaveformEnhancer", "enhancer_for", "load_onnx", "stream_file",
 ]

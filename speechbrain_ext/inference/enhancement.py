@@ -27,10 +27,11 @@ from speechbrain_ext.inference.options import (
     check_chunking,
     check_output_rate,
 )
+from speechbrain_ext.inference.onnx import OnnxLoadMixin
 from speechbrain_ext.inference.sources import OfficialSourceMixin
 
 
-class WaveformEnhancer(OfficialSourceMixin, Pretrained):
+class WaveformEnhancer(OnnxLoadMixin, OfficialSourceMixin, Pretrained):
     """A ready-to-use waveform-to-waveform enhancer, in the style of ``SpectralMaskEnhancement``.
 
     The model (``modules["model"]``) maps ``[B, T]`` noisy waveforms to ``[B, T]``, analyses

@@ -21,6 +21,7 @@ from speechbrain_ext.inference.options import (
     check_chunking,
     check_output_rate,
 )
+from speechbrain_ext.inference.onnx import OnnxLoadMixin
 from speechbrain_ext.inference.sources import OfficialSourceMixin
 from speechbrain_ext.lobes.models.masking import encode_mask_decode
 
@@ -32,7 +33,7 @@ OUTPUT_PEAK = 0.5
 DEFAULT_CHUNK_FRAMES = 30_000
 
 
-class SeparateMossFormer(OfficialSourceMixin, Pretrained):
+class SeparateMossFormer(OnnxLoadMixin, OfficialSourceMixin, Pretrained):
     """A ready-to-use MossFormer or MossFormer2 separator, in the style of ``SepformerSeparation``.
 
     Load it from a SpeechBrain-format folder or Hugging Face repo (``encoder``, ``masknet``,
@@ -60,8 +61,16 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
 
     def __init__(self, *args, freeze_params=True, **kwargs):
         super().__init__(*args, freeze_params=freeze_params, **kwargs)
-        if freeze_params and hasattr(self.mods.masknet, "fuse_for_inference"):  # inference only
-            self.mods.masknet.fuse_for_inference()
+        masknet = getattr(self.mods, "masknet", None)  # (none: an exported graph, from_onnx)
+        if freeze_params and hasattr(masknet, "fuse_for_inference"):  # inference only
+            masknet.fuse_for_inference()
+
+    def _encoder_frames(self):
+        """``(frame length, hop)`` of the encoder, in samples."""
+        if "model" in self.mods:  # an exported graph (onnxruntime backend)
+            return self.mods.model.kernel_size, self.mods.model.stride
+        conv = self.mods.encoder.conv1d
+        return conv.kernel_size[0], conv.stride[0]
 
     CARDS = ("mossformer-8k", "mossformer2-ss-16k")
 
@@ -116,11 +125,14 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
         mix = mix.to(self.device)
         if not torch.isfinite(mix).all():
             raise AudioInputError("input holds NaN or infinite samples")
-        kernel = self.mods.encoder.conv1d.kernel_size[0]
+        kernel = self._encoder_frames()[0]
         if mix.shape[-1] < kernel:
             raise AudioInputError(f"input of {mix.shape[-1]} samples is shorter than one encoder frame ({kernel})")
         with torch.no_grad():
-            sources = encode_mask_decode(self.mods.encoder, self.mods.masknet, self.mods.decoder, mix)
+            if "model" in self.mods:  # the whole model in one exported graph
+                sources = self.mods.model(mix)
+            else:
+                sources = encode_mask_decode(self.mods.encoder, self.mods.masknet, self.mods.decoder, mix)
         return sources[0] if single else sources
 
     def _separate_stream(self, reader, chunk_seconds, overlap_seconds, batch_size):
@@ -171,7 +183,7 @@ class SeparateMossFormer(OfficialSourceMixin, Pretrained):
             written.
         """
         if isinstance(chunk_seconds, str) and chunk_seconds == "auto":
-            hop = self.mods.encoder.conv1d.stride[0]
+            hop = self._encoder_frames()[1]
             chunk_seconds = getattr(self.hparams, "chunk_seconds", DEFAULT_CHUNK_FRAMES * hop / self.sample_rate)
         chunk_seconds, overlap_seconds = check_chunking(chunk_seconds, overlap_seconds)
         batch_size, channels = check_batch_size(batch_size), check_channels(channels)

@@ -172,5 +172,5 @@ class OfficialSourceMixin:
         modules = cls._load_official(hparams, folder)
         hparams.update(modules)
         hparams["modules"] = modules
-        run_opts = kwargs.get("run_opts")
-        return cls(modules=modules, hparams=hparams, run_opts=run_opts)
+        return cls(modules=modules, hparams=hparams, run_opts=kwargs.get("run_opts"),
+                   freeze_params=kwargs.get("freeze_params", True))

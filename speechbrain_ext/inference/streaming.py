@@ -280,8 +280,8 @@ def stream_file(enhancer_or_model, input_path, output_path, block_size=320, alig
 
     Arguments
     ---------
-    enhancer_or_model : EnhanceFRCRN or FRCRN or FRCRNStreamer
-        Holding a causal FRCRN.
+    enhancer_or_model : EnhanceFRCRN or FRCRN or FRCRNStreamer or OnnxFRCRNStreamer
+        Holding a causal FRCRN, or a streamer (a stream-step graph's, for onnxruntime).
     input_path, output_path : str
         Audio files (the output is written atomically: complete or not at all).
     block_size : int
@@ -325,7 +325,7 @@ def stream_file(enhancer_or_model, input_path, output_path, block_size=320, alig
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise InvalidOptionError(f"block_size must be a positive number of samples, got {block_size!r}")
     channels, output_rate = check_channels(channels), check_output_rate(output_rate)
-    if isinstance(enhancer_or_model, FRCRNStreamer):
+    if hasattr(enhancer_or_model, "process"):  # a streamer: ours, or OnnxFRCRNStreamer
         streamer = enhancer_or_model
         streamer.reset()
     else:

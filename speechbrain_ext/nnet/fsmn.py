@@ -137,7 +137,8 @@ def causal_filter(x, filters, dim, matrix_filter=True):
     """
     channels, order = filters.shape
     length = x.shape[dim]
-    if matrix_filter and length <= MATRIX_FILTER_FACTOR * order:
+    # (Exporting, the length may be symbolic: no branch on it.)
+    if matrix_filter and not torch.compiler.is_exporting() and length <= MATRIX_FILTER_FACTOR * order:
         # toeplitz[c, i, j] = filters[c, j - i + K - 1] for i - K < j <= i, else 0 (slot K).
         lag = torch.arange(length, device=x.device)[None, :] - torch.arange(length, device=x.device)[:, None]
         lag = lag + order - 1

@@ -107,9 +107,28 @@ class FramedSTFT(nn.Module):
 
     def forward(self, wav):
         """Transform ``wav`` [B, T] (T >= win_len) into [B, 2, F, N]."""
+        if torch.compiler.is_exporting():
+            return self.as_convolution(wav)
         frames = wav.unfold(-1, self.win_len, self.win_inc) * self.window  # [B, N, win_len]
         spec = torch.fft.rfft(frames, n=self.fft_len)  # [B, N, F]
         return torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)
+
+    def as_convolution(self, wav):
+        """:meth:`forward` as one strided convolution with the windowed DFT basis.
+
+        What ONNX export uses: exported, ``torch.fft.rfft`` becomes a DFT that onnxruntime computes
+        with errors of about 6e-5 of the spectrum's peak; this convolution stays near 1e-7.
+
+        Example
+        -------
+        >>> stft = FramedSTFT()
+        >>> wav = torch.randn(2, 4000)
+        >>> torch.allclose(stft.as_convolution(wav), stft(wav), atol=1e-3)
+        True
+        """
+        basis = torch.from_numpy(analysis_basis(self.win_len, self.fft_len)).to(wav)  # [win_len, 2F]
+        kernel = (self.window[:, None] * basis).T[:, None]  # [2F, 1, win_len]
+        return F.conv1d(wav[:, None], kernel, stride=self.win_inc).unflatten(1, (2, -1))
 
 
 class FramedISTFT(nn.Module):
@@ -153,6 +172,8 @@ class FramedISTFT(nn.Module):
 
     def forward(self, spec):
         """Invert ``spec`` [B, 2, F, N]; returns [B, (N - 1) * win_inc + win_len]."""
+        if torch.compiler.is_exporting():
+            return self.as_convolution(spec)
         frames = self.synthesize(spec)
         n_frames = frames.shape[1]
         length = (n_frames - 1) * self.win_inc + self.win_len
@@ -164,6 +185,24 @@ class FramedISTFT(nn.Module):
 
         wav = overlap_add(frames.transpose(1, 2))
         envelope = overlap_add((self.window**2)[None, :, None].expand(1, -1, n_frames))
+        return wav / (envelope + 1e-8)
+
+    def as_convolution(self, spec):
+        """:meth:`forward` as transposed convolutions: synthesis and overlap-add in one.
+
+        What ONNX export uses: the ``F.fold`` overlap-add does not export with a dynamic batch axis.
+
+        Example
+        -------
+        >>> istft = FramedISTFT()
+        >>> spec = torch.randn(2, 2, 321, 12)
+        >>> torch.allclose(istft.as_convolution(spec), istft(spec), atol=1e-4)
+        True
+        """
+        kernel = (self.synthesis * self.window)[:, None]  # [2F, 1, win_len]
+        wav = F.conv_transpose1d(spec.flatten(1, 2), kernel, stride=self.win_inc)[:, 0]
+        frames = spec.new_ones(1, 1, spec.shape[-1])
+        envelope = F.conv_transpose1d(frames, (self.window**2)[None, None], stride=self.win_inc)[:, 0]
         return wav / (envelope + 1e-8)
 
     def step(self, spec, state=None):

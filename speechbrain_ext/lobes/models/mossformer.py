@@ -352,7 +352,7 @@ class ConvFeedForward(nn.Module):
 
 
 def relu2_local_global_attention(
-    quad_q, quad_k, lin_q, lin_k, values, group_size, causal=False, dropout=None
+    quad_q, quad_k, lin_q, lin_k, values, group_size, causal=False, dropout=None, padded=None
 ):
     """Joint relu² attention: quadratic inside groups of frames, linear over the sequence.
 
@@ -382,6 +382,10 @@ def relu2_local_global_attention(
         If True, no frame attends to a later frame.
     dropout : callable, optional
         Applied to the local attention weights (training regulariser).
+    padded : bool or None
+        Compute it the padded way: zero-pad to whole groups and run every group in one
+        product, the same numbers with no branch on the length. ``torch.export`` (ONNX
+        export) needs that for a graph that takes any length; ``None``: only while exporting.
 
     Returns
     -------
@@ -391,10 +395,18 @@ def relu2_local_global_attention(
     Example
     -------
     >>> q, k = torch.randn(2, 2, 10, 4).unbind(0)
-    >>> out = relu2_local_global_attention(q, k, q, k, torch.randn(2, 10, 6), group_size=4)
+    >>> values = torch.randn(2, 10, 6)
+    >>> out = relu2_local_global_attention(q, k, q, k, values, group_size=4)
     >>> out.shape
     torch.Size([2, 10, 6])
+    >>> padded = relu2_local_global_attention(q, k, q, k, values, group_size=4, padded=True)
+    >>> torch.allclose(out, padded, atol=1e-5)
+    True
     """
+    if padded is None:
+        padded = torch.compiler.is_exporting()
+    if padded:
+        return _padded_local_global_attention(quad_q, quad_k, lin_q, lin_k, values, group_size, causal, dropout)
     batch, length, _ = values.shape
     if causal:
         out = _causal_linear_attention(lin_q, lin_k, values, group_size)
@@ -423,6 +435,37 @@ def relu2_local_global_attention(
     return out
 
 
+def _padded_local_global_attention(quad_q, quad_k, lin_q, lin_k, values, group_size, causal, dropout):
+    """:func:`relu2_local_global_attention` on inputs zero-padded to whole groups.
+
+    Padded keys are zero and score ``relu(0) ** 2 = 0``, padded values are zero, padded
+    queries are cut off: the same result for any length, with one batched product per
+    attention and no Python branch on the length.
+    """
+    length = values.shape[1]
+    padding = (0, 0, 0, (-length) % group_size)
+
+    def grouped(x):  # [B, L, C] -> [B, groups, group_size, C]
+        return F.pad(x, padding).unflatten(1, (-1, group_size))
+
+    if causal:
+        grouped_values = grouped(values)
+        summaries = grouped(lin_k).transpose(-1, -2) @ grouped_values / group_size  # [B, groups, Q, E]
+        # Group g reads groups 0 .. g - 1 (the summary of the last group is never read).
+        earlier = torch.cat((torch.zeros_like(summaries[:, :1]), summaries[:, :-1].cumsum(dim=1)), dim=1)
+        linear = grouped(lin_q) @ earlier
+    else:
+        linear = grouped(lin_q @ (lin_k.transpose(1, 2) @ values / length))
+        grouped_values = grouped(values)
+    q, k = grouped(quad_q), grouped(quad_k)
+    weights = F.relu(q @ k.transpose(-1, -2) / group_size).square()
+    if causal:
+        weights = weights.tril()
+    if dropout is not None:
+        weights = dropout(weights)
+    return (linear + weights @ grouped_values).flatten(1, 2)[:, :length]
+
+
 def _causal_linear_attention(lin_q, lin_k, values, group_size):
     """Global linear attention in which a group reads the summaries of earlier groups only."""
     length = values.shape[1]
@@ -433,7 +476,8 @@ def _causal_linear_attention(lin_q, lin_k, values, group_size):
     summaries = keys.transpose(-1, -2) @ grouped_values / group_size  # [B, full groups, Q, E]
     # Exclusive running sum: group g sees groups 0 .. g - 1 (a last partial group sees all
     # complete ones; its own summary is never read).
-    earlier = torch.cat((torch.zeros_like(summaries[:, :1]), summaries.cumsum(dim=1)), dim=1)
+    start = summaries.new_zeros(summaries.shape[0], 1, *summaries.shape[2:])  # (there may be no full group)
+    earlier = torch.cat((start, summaries.cumsum(dim=1)), dim=1)
     queries = F.pad(lin_q, (0, 0, 0, num_groups * group_size - length))
     out = queries.unflatten(1, (num_groups, group_size)) @ earlier[:, :num_groups]
     return out.flatten(1, 2)[:, :length]
@@ -707,12 +751,13 @@ class MossFormerMaskNet(nn.Module):
             h = h + x
 
         split = self.speaker_split
-        streams = split.out_channels // self.num_spks * speakers  # the leading speakers' channels
+        channels = split.out_channels // self.num_spks
+        streams = channels * speakers  # the leading speakers' channels
         h = F.conv1d(self.prelu(h), split.weight[:streams], split.bias[:streams])  # [B, speakers * C, L]
-        h = h.view(batch * speakers, -1, frames)
+        h = h.reshape(batch * speakers, channels, frames)  # (no -1: export keeps the length symbolic)
         h = torch.tanh(self.mask_value(h)) * torch.sigmoid(self.mask_gate(h))
         masks = F.relu(self.mask_proj(h))  # [B * speakers, N, L]
-        return masks.view(batch, speakers, -1, frames).transpose(0, 1)
+        return masks.unflatten(0, (batch, speakers)).transpose(0, 1)
 
 
 class MossFormer(nn.Module):

@@ -56,6 +56,9 @@ def dilated_time_convolution(x, weight, dilation=1):
     True
     """
     channels, per_group, taps = weight.shape
+    if torch.compiler.is_exporting():  # one grouped convolution: the phases' strided slices would fix the length
+        time_last = F.conv1d(x.transpose(1, 2), weight, padding=dilation * (taps // 2), dilation=dilation, groups=channels)
+        return time_last.transpose(1, 2)
     depthwise = weight.reshape(channels * per_group, 1, taps)
     if dilation == 1:
         out = _TimeMajorDepthwiseConv.apply(x, depthwise)
