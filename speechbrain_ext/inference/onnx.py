@@ -54,6 +54,9 @@ def inference_session(path, num_threads=None, device="cpu"):
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
+    # Without the arena, maps are freed as they die: with lengths that change from call to call the
+    # arena keeps the largest maps of every length (FRCRN at 10 s: peak 5.2 GB with it, 3.1 without).
+    options.enable_cpu_mem_arena = False
     providers = ["CPUExecutionProvider"]
     if str(device or "cpu").startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
