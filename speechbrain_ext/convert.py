@@ -228,6 +228,19 @@ def named_checkpoint(folder):
     return path
 
 
+def named_checkpoint_names(folder):
+    """The tensor names of the checkpoint a ClearerVoice-Studio folder names (``module.`` as
+    stored), read memory-mapped: only the names, not the tensors; ``[]`` without one."""
+    checkpoint = named_checkpoint(folder)
+    if checkpoint is None:
+        return []
+    try:
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        pass  # not a zip checkpoint: read_state_dict reads it (or says why it cannot)
+    return list(read_state_dict(checkpoint))
+
+
 def find_frcrn_checkpoint(folder):
     """The official FRCRN checkpoint file in a downloaded folder.
 

@@ -108,11 +108,11 @@ class _RecordedSteps:
     """Runs every layer's ``step`` (the ``stream`` hook of ``FRCRN.estimate_masks``) with the
     states given in call order, and collects the new ones in the same order."""
 
-    def __init__(self, states):
-        self.states, self.new_states = list(states), []
+    def __init__(self, states=None):  # None: every layer at the start of a stream
+        self.states, self.new_states = states, []
 
     def apply(self, layer, x):
-        state = self.states[len(self.new_states)]
+        state = None if self.states is None else self.states[len(self.new_states)]
         y, new_state = layer.step(x, state, layer.fused_weights())
         self.new_states.append(new_state)
         return y
@@ -185,7 +185,7 @@ class FRCRNStepGraph(nn.Module):
 
     def _layer_states(self, batch):
         spec = self.model.stft(torch.zeros(batch, self.win_len))
-        steps = _RecordedSteps([None] * 10_000)
+        steps = _RecordedSteps()
         with torch.no_grad():
             self.model.estimate_masks(spec, stream=steps)
         return steps.new_states
@@ -271,14 +271,11 @@ def guess_task(source):
     if os.path.exists(os.path.join(source, "pytorch_model.bin")):  # ModelScope's FRCRN
         return "enhancement"
     if os.path.exists(os.path.join(source, "last_best_checkpoint")):
-        from speechbrain_ext.inference import enhancer_for
+        from speechbrain_ext.convert import named_checkpoint_names
 
-        if enhancer_for(source).__name__ != "EnhanceFRCRN":  # a MossFormer2 / MossFormerGAN enhancer
-            return "enhancement"
-        from speechbrain_ext.convert import named_checkpoint, read_state_dict
-
-        names = read_state_dict(torch.load(named_checkpoint(source), map_location="cpu", weights_only=True, mmap=True))
-        # ClearerVoice-Studio's MossFormer2 separator registers its masknet as mask_net.
+        # ClearerVoice-Studio's MossFormer2 separator registers its masknet as mask_net; its
+        # enhancers (FRCRN, MossFormer2, MossFormerGAN) have none.
+        names = named_checkpoint_names(source)
         separator = any(name.removeprefix("module.").split(".")[0] in ("mask_net", "masknet") for name in names)
         return "separation" if separator else "enhancement"
     raise ExportError(f"cannot tell whether {source} holds an enhancer or a separator: name the task "
@@ -412,7 +409,7 @@ def export_onnx(source, path, task=None, streaming=False, overwrite=False, revis
         cls = interface_for_export(source, task)
         interface = cls.from_hparams(source=os.fspath(source), revision=revision, freeze_params=False,
                                      run_opts={"device": "cpu"})  # traced on the CPU, runs anywhere
-    elif getattr(interface, "_fused", False) or any(type(m).__name__.startswith("Fused") for m in interface.mods.modules()):
+    elif any(getattr(module, "recycles_memory", False) for module in interface.mods.modules()):  # fuse_for_inference's mark
         raise ExportError("this interface runs fused inference kernels, which do not export: load it with "
                           "freeze_params=False, or pass its source")
     interface.mods.eval()

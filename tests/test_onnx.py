@@ -260,6 +260,10 @@ def test_clear_errors_and_no_file_touched(graphs, models, tmp_path, monkeypatch)
     with pytest.raises(ExportError, match="MossFormer2SE does not export to ONNX yet"):
         export_onnx(enhancer, tmp_path / "se.onnx")
     assert not (tmp_path / "se.onnx").exists()
+    # An interface frozen for inference runs fused kernels, which do not trace: said, nothing written.
+    with pytest.raises(ExportError, match="fused inference kernels"):
+        export_onnx(EnhanceFRCRN.from_hparams(source=str(models["enhance"])), tmp_path / "fused.onnx")
+    assert not (tmp_path / "fused.onnx").exists()
     # onnxruntime missing: one sentence naming the extra to install.
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendError, match=r"pip install speechbrain-ext\[onnx\]"):

@@ -348,14 +348,9 @@ def enhancer_for(source):
             model_class = re.search(r"^model:\s*!new:\S*?\.?(\w+)\s*$", stream.read(), re.MULTILINE)
         return interfaces[_ENHANCERS.get(model_class and model_class.group(1), ("EnhanceFRCRN",))[0]]
     if is_official_folder(source):
-        from speechbrain_ext.convert import named_checkpoint, read_state_dict
+        from speechbrain_ext.convert import named_checkpoint_names
 
-        checkpoint = named_checkpoint(source)  # None: a ModelScope (FRCRN) folder
-        try:  # memory-mapped: only the names are read here, the loader reads the tensors
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True) if checkpoint else None
-        except Exception:
-            pass  # not a zip checkpoint: read_state_dict reads it (or says why it cannot)
-        names = list(read_state_dict(checkpoint)) if checkpoint is not None else []
+        names = named_checkpoint_names(source)  # []: a ModelScope (FRCRN) folder
         for interface, prefix in _ENHANCERS.values():
             if any(name.startswith(prefix) for name in names):
                 return interfaces[interface]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from speechbrain_ext.errors import SpeechBrainExtError
+from speechbrain_ext.inference.streaming import BlockStreamer
 
 
 class BackendError(SpeechBrainExtError, RuntimeError):
@@ -163,7 +164,7 @@ class OnnxLoadMixin:
         return load_onnx(path, cls, num_threads, run_opts)
 
 
-class OnnxFRCRNStreamer:
+class OnnxFRCRNStreamer(BlockStreamer):
     """:class:`~speechbrain_ext.inference.streaming.FRCRNStreamer`'s interface over a stream-step graph.
 
     :meth:`process` takes blocks of any size and returns as many samples, the enhanced stream
@@ -180,7 +181,7 @@ class OnnxFRCRNStreamer:
         onnxruntime intra-op threads (1: a hop's tensors are small).
     """
 
-    sample_rate = 16000
+    device = "cpu"
 
     def __init__(self, path, num_threads=1):
         metadata = _graph_metadata(path)
@@ -192,20 +193,11 @@ class OnnxFRCRNStreamer:
         self._inputs = self.session.get_inputs()
         self.reset()
 
-    @property
-    def latency(self):
-        """Algorithmic latency of :meth:`process` in samples: one window."""
-        return self.win_len
-
-    @property
-    def latency_seconds(self):
-        return self.latency / self.sample_rate
-
     def reset(self):
         """Forget the stream: the next block starts a new one."""
         self._state = None
         self._pending = self._ready = None
-        self._one_dimensional = None
+        self._forget_shape()
 
     def initial_state(self, batch):
         """The zero state of a new stream of ``batch`` channels, as the graph's inputs want it."""
@@ -224,20 +216,11 @@ class OnnxFRCRNStreamer:
 
     def process(self, block):
         """Enhance the next block (``[n]`` or ``[B, n]``, any ``n``); returns as many samples (a tensor)."""
-        block = torch.as_tensor(block, dtype=torch.float32).cpu()
-        if block.dim() not in (1, 2):
-            raise ValueError(f"expected a block [n] or [B, n], got shape {tuple(block.shape)}")
-        if self._one_dimensional is None:
-            self._one_dimensional = block.dim() == 1
-        elif self._one_dimensional != (block.dim() == 1):
-            raise ValueError("every block of a stream must have the same number of dimensions")
-        block = block.numpy()[None] if block.dim() == 1 else block.numpy()
+        block = self._as_batch(block).numpy()
         if self._pending is None:
             self._pending = np.zeros((block.shape[0], 0), np.float32)
             # One hop of silence ahead of the graph's output: the delay of FRCRNStreamer.process.
             self._ready = np.zeros((block.shape[0], self.hop), np.float32)
-        elif block.shape[0] != self._pending.shape[0]:
-            raise ValueError(f"this stream has {self._pending.shape[0]} channels, got a block of {block.shape[0]}")
         pending = np.concatenate([self._pending, block], axis=1)
         done = [self._ready]
         whole = pending.shape[1] // self.hop * self.hop
@@ -246,15 +229,4 @@ class OnnxFRCRNStreamer:
         self._pending = pending[:, whole:]
         ready = np.concatenate(done, axis=1)
         out, self._ready = ready[:, : block.shape[1]], ready[:, block.shape[1] :]
-        out = torch.from_numpy(np.ascontiguousarray(out))
-        return out[0] if self._one_dimensional else out
-
-    def flush(self):
-        """End the stream: its last :attr:`latency` samples (the input completed with silence); resets."""
-        if self._pending is None:
-            self.reset()
-            return torch.zeros(0)
-        silence = np.zeros((self._pending.shape[0], self.latency), np.float32)
-        tail = self.process(silence[0] if self._one_dimensional else silence)
-        self.reset()
-        return tail
+        return self._as_given(torch.from_numpy(np.ascontiguousarray(out)))

@@ -56,7 +56,72 @@ class _LayerSteps:
         return y
 
 
-class FRCRNStreamer:
+class BlockStreamer:
+    """What every FRCRN streamer shares: blocks of any size in, as many samples out, delayed by
+    :attr:`latency` (one window, ``win_len``), and :meth:`flush` at the end.
+
+    Subclasses set ``win_len`` and ``device``, implement ``process(block)`` (calling
+    :meth:`_as_batch` first) and ``reset()`` (calling :meth:`_forget_shape`).
+    """
+
+    #: FRCRN's sample rate.
+    sample_rate = 16000
+
+    @property
+    def latency(self):
+        """Algorithmic latency in samples: one window (``win_len``)."""
+        return self.win_len
+
+    @property
+    def latency_seconds(self):
+        """Algorithmic latency in seconds."""
+        return self.latency / self.sample_rate
+
+    def _forget_shape(self):
+        self._one_dimensional = None  # whether the stream's blocks are [n] (else [B, n])
+        self._channels = None  # B
+
+    def _as_batch(self, block):
+        """``block`` as a float32 ``[B, n]`` tensor on :attr:`device`, checked against the stream's
+        earlier blocks (same number of dimensions, same ``B``)."""
+        block = torch.as_tensor(block, dtype=torch.float32, device=self.device)
+        if block.dim() not in (1, 2):
+            raise ValueError(f"expected a block [n] or [B, n], got shape {tuple(block.shape)}")
+        if self._one_dimensional is None:
+            self._one_dimensional = block.dim() == 1
+        elif self._one_dimensional != (block.dim() == 1):
+            raise ValueError("every block of a stream must have the same number of dimensions")
+        block = block[None] if block.dim() == 1 else block
+        if self._channels is None:
+            self._channels = block.shape[0]
+        elif block.shape[0] != self._channels:
+            raise ValueError(f"this stream has {self._channels} channels, got a block of {block.shape[0]}")
+        return block
+
+    def _as_given(self, out):
+        """``out`` [B, n] in the shape the stream's blocks have."""
+        return out[0] if self._one_dimensional else out
+
+    def flush(self):
+        """End the stream: return its last :attr:`latency` enhanced samples and reset.
+
+        The stream is completed with :attr:`latency` samples of silence, so the last window
+        of real input is enhanced as if the speaker had stopped.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[latency]`` (or ``[B, latency]``); empty if nothing was processed.
+        """
+        if self._channels is None:
+            self.reset()
+            return torch.zeros(0, device=self.device)
+        tail = self.process(self._as_given(torch.zeros(self._channels, self.latency, device=self.device)))
+        self.reset()
+        return tail
+
+
+class FRCRNStreamer(BlockStreamer):
     """Enhance an audio stream in real time with a causal FRCRN, block by block.
 
     Feed blocks of any size (a hop of ``win_inc`` samples, an audio callback's buffer, a single
@@ -110,9 +175,6 @@ class FRCRNStreamer:
     ...     input("Enhancing the microphone to the speakers; press Enter to stop.")
     """
 
-    #: FRCRN's sample rate.
-    sample_rate = 16000
-
     def __init__(self, model, num_threads=1):
         if not getattr(model, "causal", False):
             raise ValueError(
@@ -130,16 +192,6 @@ class FRCRNStreamer:
         self._layers = _LayerSteps()
         self.reset()
 
-    @property
-    def latency(self):
-        """Algorithmic latency in samples: one window (``win_len``)."""
-        return self.win_len
-
-    @property
-    def latency_seconds(self):
-        """Algorithmic latency in seconds."""
-        return self.latency / self.sample_rate
-
     def reset(self):
         """Forget the stream: the next block starts a new one (weights stay precomputed)."""
         self._layers.states = {}
@@ -149,7 +201,7 @@ class FRCRNStreamer:
         self._ready_read = 0  # how many of them have been returned
         self._istft_state = None  # overlap-add tail of the inverse STFT
         self._started = False  # whether a frame has been enhanced yet
-        self._one_dimensional = None
+        self._forget_shape()
 
     def state_tensors(self):
         """Every tensor the stream state holds (for inspecting its memory)."""
@@ -179,20 +231,10 @@ class FRCRNStreamer:
             ``[n]`` (or ``[B, n]``) enhanced samples on the model's device: the enhanced
             stream delayed by :attr:`latency` samples (zeros until the first window is in).
         """
-        block = torch.as_tensor(block, dtype=torch.float32, device=self.device)
-        if block.dim() not in (1, 2):
-            raise ValueError(f"expected a block [n] or [B, n], got shape {tuple(block.shape)}")
-        if self._one_dimensional is None:
-            self._one_dimensional = block.dim() == 1
-        elif self._one_dimensional != (block.dim() == 1):
-            raise ValueError("every block of a stream must have the same number of dimensions")
-        if block.dim() == 1:
-            block = block[None]
+        block = self._as_batch(block)
         batch, length = block.shape
         if self._input is None:
             self._input = block.new_zeros(batch, self.win_len)
-        elif batch != self._input.shape[0]:
-            raise ValueError(f"this stream has {self._input.shape[0]} channels, got a block of {batch}")
 
         out = block.new_empty(batch, length)
         with torch.inference_mode(), self._threads():
@@ -207,26 +249,7 @@ class FRCRNStreamer:
                 position += take
                 if self._filled == self.win_len:
                     self._enhance_frame()
-        return out[0] if self._one_dimensional else out
-
-    def flush(self):
-        """End the stream: return its last :attr:`latency` enhanced samples and reset.
-
-        The stream is completed with :attr:`latency` samples of silence, so the last window
-        of real input is enhanced as if the speaker had stopped.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[latency]`` (or ``[B, latency]``); empty if nothing was processed.
-        """
-        if self._input is None:
-            self.reset()
-            return torch.zeros(0, device=self.device)
-        silence = self._input.new_zeros(self._input.shape[0], self.latency)
-        tail = self.process(silence[0] if self._one_dimensional else silence)
-        self.reset()
-        return tail
+        return self._as_given(out)
 
     @contextlib.contextmanager
     def _threads(self):

@@ -408,12 +408,7 @@ def relu2_local_global_attention(
     if padded:
         return _padded_local_global_attention(quad_q, quad_k, lin_q, lin_k, values, group_size, causal, dropout)
     batch, length, _ = values.shape
-    if causal:
-        out = _causal_linear_attention(lin_q, lin_k, values, group_size)
-    else:
-        summary = lin_k.transpose(1, 2) @ values / length  # [B, Q, E]
-        out = lin_q @ summary
-
+    out = _linear_attention(lin_q, lin_k, values, group_size, causal)
     full = length - length % group_size
     segments = [(0, full, group_size), (full, length, length - full)]
     for start, stop, size in segments:
@@ -448,39 +443,29 @@ def _padded_local_global_attention(quad_q, quad_k, lin_q, lin_k, values, group_s
     def grouped(x):  # [B, L, C] -> [B, groups, group_size, C]
         return F.pad(x, padding).unflatten(1, (-1, group_size))
 
-    if causal:
-        grouped_values = grouped(values)
-        summaries = grouped(lin_k).transpose(-1, -2) @ grouped_values / group_size  # [B, groups, Q, E]
-        # Group g reads groups 0 .. g - 1 (the summary of the last group is never read).
-        earlier = torch.cat((torch.zeros_like(summaries[:, :1]), summaries[:, :-1].cumsum(dim=1)), dim=1)
-        linear = grouped(lin_q) @ earlier
-    else:
-        linear = grouped(lin_q @ (lin_k.transpose(1, 2) @ values / length))
-        grouped_values = grouped(values)
-    q, k = grouped(quad_q), grouped(quad_k)
-    weights = F.relu(q @ k.transpose(-1, -2) / group_size).square()
+    linear = _linear_attention(lin_q, lin_k, values, group_size, causal)
+    weights = F.relu(grouped(quad_q) @ grouped(quad_k).transpose(-1, -2) / group_size).square()
     if causal:
         weights = weights.tril()
     if dropout is not None:
         weights = dropout(weights)
-    return (linear + weights @ grouped_values).flatten(1, 2)[:, :length]
+    return (grouped(linear) + weights @ grouped(values)).flatten(1, 2)[:, :length]
 
 
-def _causal_linear_attention(lin_q, lin_k, values, group_size):
-    """Global linear attention in which a group reads the summaries of earlier groups only."""
+def _linear_attention(lin_q, lin_k, values, group_size, causal):
+    """The global linear attention [B, L, E]: every query reads ``sum_t lin_k[t]^T values[t] / L``;
+    causal: a group reads the summaries of earlier groups only, each divided by ``group_size``."""
     length = values.shape[1]
-    num_groups = -(-length // group_size)
-    full = length - length % group_size
-    keys = lin_k[:, :full].unflatten(1, (-1, group_size))
-    grouped_values = values[:, :full].unflatten(1, (-1, group_size))
-    summaries = keys.transpose(-1, -2) @ grouped_values / group_size  # [B, full groups, Q, E]
-    # Exclusive running sum: group g sees groups 0 .. g - 1 (a last partial group sees all
-    # complete ones; its own summary is never read).
-    start = summaries.new_zeros(summaries.shape[0], 1, *summaries.shape[2:])  # (there may be no full group)
-    earlier = torch.cat((start, summaries.cumsum(dim=1)), dim=1)
-    queries = F.pad(lin_q, (0, 0, 0, num_groups * group_size - length))
-    out = queries.unflatten(1, (num_groups, group_size)) @ earlier[:, :num_groups]
-    return out.flatten(1, 2)[:, :length]
+    if not causal:
+        return lin_q @ (lin_k.transpose(1, 2) @ values / length)  # [B, Q, E] summary
+    # Zero-padded to whole groups (no branch on the length); the summary of a last, partial
+    # group is never read.
+    padding = (0, 0, 0, (-length) % group_size)
+    keys, grouped_values, queries = (F.pad(x, padding).unflatten(1, (-1, group_size)) for x in (lin_k, values, lin_q))
+    summaries = keys.transpose(-1, -2) @ grouped_values / group_size  # [B, groups, Q, E]
+    # Exclusive running sum: group g sees groups 0 .. g - 1.
+    earlier = torch.cat((torch.zeros_like(summaries[:, :1]), summaries[:, :-1].cumsum(dim=1)), dim=1)
+    return (queries @ earlier).flatten(1, 2)[:, :length]
 
 
 class MossFormerBlock(nn.Module):
