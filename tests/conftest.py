@@ -39,6 +39,20 @@ def assert_close_to_peak(ours, theirs, bound=1e-4):
     assert relative <= bound, f"max |difference| {relative:.2e} of the peak"
 
 
+def run_doctests(*targets):
+    """Run the docstring Examples of each ``(module, only)`` target (``only``: a substring the
+    example's name must hold, or None for all); every module must have some and all must pass."""
+    import doctest
+
+    for module, only in targets:
+        finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+        for test in finder.find(module):
+            if only is None or only in test.name:
+                runner.run(test)
+        results = runner.summarize(verbose=False)
+        assert results.attempted > 0 and results.failed == 0
+
+
 def gradients_as_model(model):
     """A copy of ``model`` whose parameters hold its gradients (frozen ones keep their values),
     so that a converter can name the gradients as it names the weights."""

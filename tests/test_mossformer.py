@@ -6,7 +6,6 @@ three-file layout, and our model is loaded from those files through the converte
 """
 
 import copy
-import doctest
 import json
 import os
 
@@ -27,7 +26,7 @@ from speechbrain_ext.lobes.models.mossformer import MossFormer
 
 from modelscope.models.audio.separation import mossformer as reference  # the parity oracle
 
-from conftest import perturb_
+from conftest import perturb_, run_doctests
 
 pytestmark = pytest.mark.usefixtures("two_threads")  # as on the 2-core CI machine
 
@@ -327,13 +326,7 @@ def test_training_step_lowers_pit_loss():
 
 
 def test_doctests():
-    for module, only in ((mossformer_module, None), (convert, "mossformer")):
-        finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-        for test in finder.find(module):
-            if only is None or only in test.name:
-                runner.run(test)
-        results = runner.summarize(verbose=False)
-        assert results.attempted > 0 and results.failed == 0
+    run_doctests((mossformer_module, None), (convert, "mossformer"))
 
 
 def test_training_gradients_match_reference_for_every_parameter(tmp_path):

@@ -5,7 +5,6 @@ The reference is an oracle only: it is built with seeded random weights (every t
 perturbed) and our model is filled from its state dict through the converter.
 """
 
-import doctest
 import os
 
 import pytest
@@ -24,7 +23,7 @@ from speechbrain_ext.evaluation import metrics
 from speechbrain_ext.lobes.models import mossformer2 as mossformer2_module
 from speechbrain_ext.lobes.models.mossformer2 import MossFormer2, MossFormer2MaskNet
 
-from conftest import gradients_as_model, make_reference_mossformer2, mossformer2_kwargs
+from conftest import gradients_as_model, make_reference_mossformer2, mossformer2_kwargs, run_doctests
 
 pytestmark = pytest.mark.usefixtures("two_threads")  # as on the 2-core CI machine
 
@@ -252,10 +251,4 @@ def test_training_step_lowers_pit_loss():
 
 
 def test_doctests():
-    for module, only in ((mossformer2_module, None), (convert, "mossformer2")):
-        finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-        for test in finder.find(module):
-            if only is None or only in test.name:
-                runner.run(test)
-        results = runner.summarize(verbose=False)
-        assert results.attempted > 0 and results.failed == 0
+    run_doctests((mossformer2_module, None), (convert, "mossformer2"))

@@ -5,7 +5,6 @@ The reference is an oracle only: seeded random weights, every tensor perturbed.
 """
 
 import argparse
-import doctest
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from speechbrain_ext.lobes.models import mossformer_gan as gan_module
 from speechbrain_ext.lobes.models.mossformer_gan import MossFormerGANSE
 from speechbrain_ext.model_folders import write_model_folder
 
-from conftest import MOSSFORMER_GAN_ARGS, assert_close_to_peak, gradients_as_model, make_reference_mossformer_gan, perturb_
+from conftest import MOSSFORMER_GAN_ARGS, assert_close_to_peak, gradients_as_model, make_reference_mossformer_gan, perturb_, run_doctests
 from test_sources import COMMIT_A, clearervoice_files, fill_hf_cache, run_offline
 
 pytestmark = pytest.mark.usefixtures("two_threads")  # as on the 2-core CI machine
@@ -187,10 +186,4 @@ def test_doctests():
     from speechbrain_ext import convert
     from speechbrain_ext.inference import enhancement
 
-    for module, only in ((gan_module, None), (convert, "mossformer_gan"), (enhancement, "MossFormerGAN")):
-        finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-        for test in finder.find(module):
-            if only is None or only in test.name:
-                runner.run(test)
-        results = runner.summarize(verbose=False)
-        assert results.attempted > 0 and results.failed == 0
+    run_doctests((gan_module, None), (convert, "mossformer_gan"), (enhancement, "MossFormerGAN"))
