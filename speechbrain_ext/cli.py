@@ -83,22 +83,76 @@ def _output_names(task, num_spks):
 
 def _plan(task, args, num_spks=2):
     from speechbrain_ext.errors import OutputConflictError
+    from speechbrain_ext.inference.corpus import ManifestError, manifest_inputs, read_manifest
     from speechbrain_ext.inference.files import plan_batch
 
+    if bool(args.inputs) == bool(args.manifest):
+        raise SystemExit("speechbrain-ext: give INPUT files or folders, or --manifest FILE (one of the two)")
     try:
-        return plan_batch(args.inputs, args.output_dir, _output_names(task, num_spks), args.overwrite)
-    except OutputConflictError as error:
+        listed, durations = None, {}
+        if args.manifest:
+            items = read_manifest(args.manifest, args.manifest_column, args.data_root)
+            listed = manifest_inputs([path for path, _ in items])
+            durations = {path: seconds for path, seconds in items if seconds is not None}
+        plan = plan_batch(args.inputs, args.output_dir, _output_names(task, num_spks), args.overwrite, listed)
+    except (OutputConflictError, ManifestError) as error:
         raise SystemExit(f"speechbrain-ext: {error}") from None
+    return plan, durations
+
+
+def _durations(jobs, known):
+    """Seconds of audio of each job's input (a manifest's durations where it gives them)."""
+    from speechbrain_ext.audio import audio_info
+    from speechbrain_ext.errors import SpeechBrainExtError
+
+    durations = []
+    for job in jobs:
+        seconds = known.get(job.input)
+        if seconds is None:
+            try:
+                info = audio_info(job.input)
+                seconds = info.frames / info.samplerate
+            except SpeechBrainExtError:
+                seconds = 0.0  # reported when processed
+        durations.append(seconds)
+    return durations
+
+
+def _shared_plan(task, args, workers, num_spks=2):
+    """Rank 0's plan of the batch with the input durations, on every rank (planned once, so every
+    rank shares out the same jobs); exits on every rank if the plan is refused."""
+    from speechbrain_ext.inference.corpus import ManifestError, check_manifest_target
+
+    plan = None
+    if workers.main:
+        try:
+            plan, known = _plan(task, args, num_spks)
+            if args.manifest_out:
+                check_manifest_target(args.manifest_out)
+            plan = (plan, _durations(plan.todo, known), _durations(plan.existing, known))
+        except ManifestError as error:
+            plan = f"speechbrain-ext: {error}"
+        except SystemExit as stop:
+            plan = str(stop.code)
+    plan = workers.share(plan)
+    if isinstance(plan, str):
+        raise SystemExit(plan if workers.main else 2)
+    return plan
 
 
 def _process(task, args):
-    from tqdm import tqdm
+    from speechbrain_ext.inference.corpus import Workers
 
-    from speechbrain_ext.errors import SpeechBrainExtError
-    from speechbrain_ext.audio import AUDIO_EXTENSIONS, audio_info
-    from speechbrain_ext.inference.streaming import stream_file
+    with Workers() as workers:
+        return _process_share(task, args, workers)
 
-    plan = _plan(task, args)  # refuses unsafe plans before the model is loaded
+
+def _process_share(task, args, workers):
+    """Plan (rank 0), load the model, run this process's share, and (rank 0) report it all."""
+    from speechbrain_ext.inference.corpus import balanced_shares
+
+    plan, durations, existing_durations = _shared_plan(task, args, workers)  # refuses unsafe plans first
+    args.device = workers.device(getattr(args, "device", None))
     model = _load_model(task, args)
     mods = getattr(model, "mods", None)  # (none: the onnxruntime streamer, which is causal)
     if getattr(args, "stream", False) and mods is not None and not getattr(mods.model, "causal", False):
@@ -106,42 +160,100 @@ def _process(task, args):
                          f"{args.model or DEFAULT_MODELS[task]} holds a non-causal {type(model.mods.model).__name__}")
     num_spks = getattr(getattr(model, "hparams", None), "num_spks", 2)
     if task == "separation" and num_spks != 2:
-        plan = _plan(task, args, num_spks)
-    failed = list(plan.failed)
+        plan, durations, existing_durations = _shared_plan(task, args, workers, num_spks)
 
-    durations = {}
-    for job in plan.todo:
-        try:
-            info = audio_info(job.input)
-            durations[job.input] = info.frames / info.samplerate
-        except SpeechBrainExtError:
-            durations[job.input] = 0.0  # reported when processed
+    share = balanced_shares(durations, workers.world_size)[workers.rank]
+    records = _run_jobs(task, args, model, [plan.todo[i] for i in share], [durations[i] for i in share], workers)
+    everything = workers.gather(records)
+    if not workers.main:
+        return 1 if any(r["status"] == "failed" for r in records) else 0
+    records = [record for rank_records in everything for record in rank_records]
+    return _report(task, args, plan, records, existing_durations, num_spks)
+
+
+def _run_jobs(task, args, model, jobs, durations, workers):
+    """Run this process's jobs; one record (for the manifest) per job."""
+    import time
+
+    from tqdm import tqdm
+
+    from speechbrain_ext.errors import SpeechBrainExtError
+    from speechbrain_ext.inference.corpus import pack_by_length
+    from speechbrain_ext.inference.streaming import stream_file
+
     options = dict(batch_size=args.batch_size, channels=args.channels, output_rate=args.output_rate,
                    subtype=args.subtype)
     if args.chunk_seconds is not None:  # else the interface's default for its model
         options["chunk_seconds"] = args.chunk_seconds or None
-    done = []
-    with tqdm(total=round(sum(durations.values()), 1), unit="s", desc=task, disable=args.quiet) as progress:
-        for job in plan.todo:
-            progress.set_postfix_str(os.path.basename(job.input))
-            try:
-                if task == "separation":
-                    model.separate_file(job.input, os.path.dirname(job.outputs[0]), **options)
-                else:
-                    if args.stream:
-                        result = stream_file(model, job.input, job.outputs[0], block_size=args.block_size,
-                                             channels=args.channels, output_rate=args.output_rate,
-                                             subtype=args.subtype)
-                    else:
-                        result = model.enhance_file(job.input, job.outputs[0], **options)
-                    if result["clipped_samples"]:
-                        tqdm.write(f"{job.input}: {result['clipped_samples']} samples clipped to full scale")
-                done.append(job.input)
-            except (SpeechBrainExtError, OSError, RuntimeError, ValueError) as error:
-                failed.append((job.input, _reason(job.input, error)))
-                tqdm.write(f"failed: {job.input}: {failed[-1][1]}")
-            progress.update(round(durations[job.input], 1))
+    stream = getattr(args, "stream", False)
+    packs = task == "enhancement" and not stream and hasattr(model, "enhance_files")
+    # Files no longer than one chunk are one pass of the model either way: those are packed.
+    limit = args.chunk_seconds or getattr(getattr(model, "hparams", None), "chunk_seconds", None) \
+        or getattr(model, "DEFAULT_CHUNK_SECONDS", 10.0)
+    groups = pack_by_length(durations, args.batch_size if packs else 1, limit)
+    errors = (SpeechBrainExtError, OSError, RuntimeError, ValueError)
+    records = []
 
+    def record(index, seconds, error=None):
+        job = jobs[index]
+        records.append(dict(input=job.input, outputs=job.outputs, name=job.name, duration=durations[index],
+                            status="failed" if error else "done", error=_reason(job.input, error) if error else "",
+                            seconds=round(seconds, 3), rank=workers.rank))
+        if error:
+            tqdm.write(f"failed: {job.input}: {records[-1]['error']}")
+
+    def report_clipping(job, result):
+        if result["clipped_samples"]:
+            tqdm.write(f"{job.input}: {result['clipped_samples']} samples clipped to full scale")
+
+    quiet = args.quiet or not workers.main
+    with tqdm(total=round(sum(durations), 1), unit="s", desc=task, disable=quiet) as progress:
+        for group in groups:
+            group_jobs = [jobs[i] for i in group]
+            progress.set_postfix_str(os.path.basename(group_jobs[0].input))
+            started = time.perf_counter()
+            if len(group) > 1:
+                try:
+                    results = model.enhance_files([j.input for j in group_jobs], [j.outputs[0] for j in group_jobs],
+                                                  channels=args.channels, output_rate=args.output_rate,
+                                                  subtype=args.subtype)
+                except errors as error:  # the batch itself failed (e.g. out of memory): each file says so
+                    results = [error] * len(group)
+                took = time.perf_counter() - started
+                total = sum(durations[i] for i in group) or 1.0
+                for index, job, result in zip(group, group_jobs, results):
+                    share = took * durations[index] / total
+                    if isinstance(result, Exception):
+                        record(index, share, result)
+                    else:
+                        report_clipping(job, result)
+                        record(index, share)
+            else:
+                index, job = group[0], group_jobs[0]
+                try:
+                    if task == "separation":
+                        model.separate_file(job.input, os.path.dirname(job.outputs[0]), **options)
+                    else:
+                        if stream:
+                            result = stream_file(model, job.input, job.outputs[0], block_size=args.block_size,
+                                                 channels=args.channels, output_rate=args.output_rate,
+                                                 subtype=args.subtype)
+                        else:
+                            result = model.enhance_file(job.input, job.outputs[0], **options)
+                        report_clipping(job, result)
+                    record(index, time.perf_counter() - started)
+                except errors as error:
+                    record(index, time.perf_counter() - started, error)
+            progress.update(round(sum(durations[i] for i in group), 1))
+    return records
+
+
+def _report(task, args, plan, records, existing_durations, num_spks):
+    """Rank 0: the summary of every rank's work and the output manifest; returns the exit status."""
+    from speechbrain_ext.audio import AUDIO_EXTENSIONS
+
+    failed = list(plan.failed) + [(r["input"], r["error"]) for r in records if r["status"] == "failed"]
+    done = [r for r in records if r["status"] == "done"]
     print(f"{task}: {len(done)} done, {len(plan.existing)} skipped (output exists), {len(failed)} failed, "
           f"{len(plan.unsupported)} skipped (format not supported)")
     for path, reason in failed:
@@ -155,7 +267,37 @@ def _process(task, args):
               "e.g. m4a, to one of these)")
     if plan.swept:
         print(f"  removed {len(plan.swept)} temporary file(s) left by an interrupted run")
+
+    if args.manifest_out and not _write_output_manifest(args.manifest_out, task, plan, records, existing_durations,
+                                                        num_spks):
+        return 1
     return 1 if failed else 0
+
+
+def _write_output_manifest(path, task, plan, records, existing_durations, num_spks):
+    """One row per input of the batch (done, existing, failed); False (said) if it cannot be written."""
+    from speechbrain_ext.inference.corpus import MANIFEST_COLUMNS, write_manifest
+
+    output_columns = ["output"] if task == "enhancement" else [f"output_spk{s + 1}" for s in range(num_spks)]
+    rows = [dict(input=job.input, outputs=job.outputs, name=job.name, duration=seconds, status="exists")
+            for job, seconds in zip(plan.existing, existing_durations)]
+    rows += [dict(input=path, outputs=[], name="", duration="", status="failed", error=reason)
+             for path, reason in plan.failed]
+    rows += records
+    for row in rows:
+        name = row.pop("name")
+        row["ID"] = os.path.splitext(name)[0] if name else os.path.basename(row["input"])
+        row.update(zip(output_columns, row.pop("outputs")))
+        if isinstance(row["duration"], float):
+            row["duration"] = round(row["duration"], 3)
+    rows.sort(key=lambda row: row["input"])
+    try:
+        write_manifest(path, rows, [*MANIFEST_COLUMNS, *output_columns, "status", "error", "seconds", "rank"])
+        print(f"  manifest: {path}")
+    except OSError as error:
+        print(f"  failed: cannot write the manifest {path}: {error.strerror or error}")
+        return False
+    return True
 
 
 def _run_enhance(args):
@@ -374,12 +516,27 @@ def _add_backend_arguments(parser):
 
 
 def _add_processing_arguments(parser, task):
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files or folders (searched recursively)")
     parser.add_argument("-o", "--output-dir", required=True,
                         help="folder for the results (mirrors input folders; never an input folder)")
+    corpus = parser.add_argument_group("manifests (corpora; under torchrun every process takes a share)")
+    corpus.add_argument("--manifest", metavar="FILE",
+                        help="process the files a manifest lists instead of INPUTs: SpeechBrain CSV (a header "
+                        "row; durations used when given), JSON or JSON lines (.jsonl); outputs mirror the folders "
+                        "below the deepest folder holding them all")
+    corpus.add_argument("--manifest-column", metavar="NAME",
+                        help="the manifest's column of audio paths (default: the first of wav, path, file, audio, "
+                        "noisy_wav, mix_wav, input)")
+    corpus.add_argument("--data-root", metavar="DIR", help="what $data_root / $data_folder in manifest paths stand for")
+    corpus.add_argument("--manifest-out", metavar="FILE",
+                        help="the output manifest: one row per input (ID, duration, input, outputs, status, error, "
+                        "seconds, rank) for the whole batch, done or not, readable by SpeechBrain's "
+                        "DynamicItemDataset.from_csv and by --manifest")
     _add_model_arguments(parser, DEFAULT_MODELS[task])
     _add_backend_arguments(parser)
-    parser.add_argument("--batch-size", type=_positive_int, default=1, help="chunks per forward pass (default: 1)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1,
+                        help="chunks of a long file, or (enhancement) short files no longer than a chunk, per forward "
+                        "pass; short files are packed by length, each enhanced as it would be alone (default: 1)")
     parser.add_argument("--chunk-seconds", type=_seconds,
                         help="process long files in chunks of this length; 0 = whole file at once "
                         "(default: 10 for enhancement; separation 30 for MossFormer, 15 for MossFormer2)")

@@ -3,6 +3,7 @@
 Authors: speechbrain-ext contributors
 """
 
+import inspect
 import os
 import re
 
@@ -18,6 +19,7 @@ from speechbrain_ext.audio import (
     level_scale,
     whole_frames_length,
 )
+from speechbrain_ext.errors import SpeechBrainExtError
 from speechbrain_ext.inference.chunking import chunk_lengths, chunked_inference
 from speechbrain_ext.inference.options import (
     absolute_lengths,
@@ -99,6 +101,35 @@ class WaveformEnhancer(OnnxLoadMixin, OfficialSourceMixin, Pretrained):
             enhanced = self.mods.model(padded.to(self.device))[:, :length]
         return enhanced / scale.to(enhanced.device)
 
+    def _enhance_items(self, signals, scales):
+        """Enhance 1-D signals of any lengths (scaled by ``scales``, ``[N]``) in as few passes as
+        the model allows; each output is the one :meth:`_enhance_equal` gives the signal alone.
+
+        A model whose forward takes ``lengths`` (FRCRN) runs them all in one padded batch; any
+        other runs each group of signals that pad to the same model length together.
+        """
+        lengths = [self._model_length(signal.shape[-1]) for signal in signals]
+        for signal in signals:
+            if not torch.isfinite(signal).all():
+                raise AudioInputError("input holds NaN or infinite samples")
+        takes_lengths = "lengths" in inspect.signature(self.mods.model.forward).parameters
+        groups = {}
+        for index, length in enumerate(lengths):
+            groups.setdefault(0 if takes_lengths else length, []).append(index)
+        outputs = [None] * len(signals)
+        for members in groups.values():
+            batch = torch.zeros(len(members), max(lengths[i] for i in members))
+            for row, index in enumerate(members):
+                batch[row, : signals[index].shape[-1]] = signals[index] * scales[index]
+            extra = {}
+            if takes_lengths and len({lengths[i] for i in members}) > 1:
+                extra["lengths"] = torch.tensor([lengths[i] for i in members])
+            with torch.no_grad():
+                enhanced = self.mods.model(batch.to(self.device), **extra).cpu()
+            for row, index in enumerate(members):
+                outputs[index] = enhanced[row, : signals[index].shape[-1]] / scales[index]
+        return outputs
+
     def enhance_batch(self, noisy, lengths=None):
         """Enhance a batch of noisy waveforms.
 
@@ -107,9 +138,11 @@ class WaveformEnhancer(OnnxLoadMixin, OfficialSourceMixin, Pretrained):
         noisy : torch.Tensor, numpy array or list
             ``[B, T]`` (or ``[T]``) waveforms at the model's sample rate, float or integer PCM.
         lengths : torch.Tensor, numpy array or list, optional
-            ``B`` relative lengths in [0, 1] as in SpeechBrain (anything else is refused); padded items are enhanced exactly as
-            if they were alone (FRCRN's attention pools over the whole utterance, so items of
-            different lengths are run separately), and their padding comes back as zeros.
+            ``B`` relative lengths in [0, 1] as in SpeechBrain (anything else is refused); padded
+            items are enhanced exactly as if they were alone, and their padding comes back as
+            zeros. FRCRN runs them in one batch, each item's frames kept apart from the padding
+            (its gates pool over the whole utterance); models without a ``lengths`` argument run
+            items of different lengths separately.
 
         Returns
         -------
@@ -121,13 +154,15 @@ class WaveformEnhancer(OnnxLoadMixin, OfficialSourceMixin, Pretrained):
         if all(size == noisy.shape[-1] for size in sizes):
             enhanced = self._enhance_equal(noisy)
         else:
+            items = [noisy[index, :size] for index, size in enumerate(sizes)]
+            scales = [level_scale([item[None]])[0] if self.normalize else 1.0 for item in items]
             enhanced = torch.zeros(noisy.shape, device=self.device)
-            for index, size in enumerate(sizes):
-                enhanced[index, :size] = self._enhance_equal(noisy[index : index + 1, :size])[0]
+            for index, item in enumerate(self._enhance_items(items, scales)):
+                enhanced[index, : sizes[index]] = item
         return enhanced[0] if single else enhanced
 
     def _file_scale(self, reader):
-        """Per-channel level gain over a whole file (two streaming passes)."""
+        """Per-channel level gain over a whole file (two streaming passes; or ``[signal]``)."""
         return level_scale(reader) if self.normalize else torch.ones(reader.num_channels)
 
     def enhance_file(self, filename, output_filename=None, chunk_seconds="auto", overlap_seconds=None,
@@ -185,9 +220,13 @@ class WaveformEnhancer(OnnxLoadMixin, OfficialSourceMixin, Pretrained):
             enhanced = torch.cat(list(blocks), dim=1)
             return enhanced[0] if channels != "all" else enhanced
 
+        return self._write(output_filename, blocks, reader, output_rate, subtype)
+
+    def _write(self, output_filename, blocks, reader, output_rate, subtype):
+        """Write enhanced ``blocks`` (model rate) of ``reader``'s file; returns enhance_file's dict."""
         rate = reader.sample_rate if output_rate == "input" else (output_rate or self.sample_rate)
         resampler = StreamResampler(self.sample_rate, rate)
-        with AtomicAudioWriter(output_filename, rate, reader.num_channels, subtype, source=filename) as writer:
+        with AtomicAudioWriter(output_filename, rate, reader.num_channels, subtype, source=reader.path) as writer:
             for block in blocks:
                 writer.write(resampler.push(block).T)
             writer.write(resampler.flush().T)
@@ -197,6 +236,70 @@ class WaveformEnhancer(OnnxLoadMixin, OfficialSourceMixin, Pretrained):
             "sample_rate": rate,
             "clipped_samples": writer.clipped,
         }
+
+    def enhance_files(self, filenames, output_filenames, channels="mix", output_rate=None, subtype="PCM_16"):
+        """Enhance several short files in one batch (for corpora of many short files).
+
+        Each file is read whole and enhanced in one pass, as :meth:`enhance_file` enhances a file
+        no longer than its chunks (so keep the files short); the files (or their channels) run
+        together in as few forward passes as the model allows (see :meth:`enhance_batch`), and
+        each output equals :meth:`enhance_file`'s within float rounding.
+
+        Arguments
+        ---------
+        filenames, output_filenames : list of str
+            Inputs and where to write each (atomically, as :meth:`enhance_file`).
+        channels, output_rate, subtype
+            As for :meth:`enhance_file`.
+
+        Returns
+        -------
+        list
+            For each file, :meth:`enhance_file`'s result dict, or the exception that stopped it
+            (a bad file does not stop the others).
+
+        Example
+        -------
+        >>> import tempfile, soundfile
+        >>> from speechbrain_ext.lobes.models.frcrn import FRCRN
+        >>> enhancer = EnhanceFRCRN(modules={"model": FRCRN(channels=8, fsmn_hidden=8)}, hparams={"sample_rate": 16000})
+        >>> folder = tempfile.mkdtemp()
+        >>> names = [os.path.join(folder, f"{n}.wav") for n in ("a", "b", "c")]
+        >>> soundfile.write(names[0], 0.1 * torch.randn(16000).numpy(), 16000)
+        >>> soundfile.write(names[1], 0.1 * torch.randn(12345).numpy(), 16000)
+        >>> soundfile.write(names[2], torch.zeros(10).numpy(), 16000)  # shorter than one frame
+        >>> results = enhancer.enhance_files(names, [n + ".out.wav" for n in names])
+        >>> [r["seconds"] if isinstance(r, dict) else type(r).__name__ for r in results]
+        [1.0, 0.7715625, 'AudioInputError']
+        """
+        channels, output_rate = check_channels(channels), check_output_rate(output_rate)
+        results, readers, signals, scales, owners = [], [], [], [], []
+        for index, filename in enumerate(filenames):
+            try:
+                reader = AudioReader(filename, self.sample_rate, channels)
+                self._model_length(reader.num_samples)
+                signal = torch.cat(list(reader), dim=1)
+                scale = self._file_scale([signal])
+            except (SpeechBrainExtError, OSError) as error:
+                results.append(error)
+                readers.append(None)
+                continue
+            results.append(None)
+            readers.append(reader)
+            for channel in range(len(signal)):
+                signals.append(signal[channel])
+                scales.append(scale[channel])
+                owners.append(index)
+        enhanced = self._enhance_items(signals, scales) if signals else []
+        for index, reader in enumerate(readers):
+            if reader is None:
+                continue
+            block = torch.stack([out for out, owner in zip(enhanced, owners) if owner == index])
+            try:
+                results[index] = self._write(output_filenames[index], [block], reader, output_rate, subtype)
+            except (SpeechBrainExtError, OSError) as error:
+                results[index] = error
+        return results
 
     def forward(self, noisy, lengths=None):
         """Enhance a batch (see :meth:`enhance_batch`)."""

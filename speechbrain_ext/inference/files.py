@@ -28,6 +28,8 @@ class Job:
 
     input: str
     outputs: list
+    #: The input's name under the output folder (its path relative to the folder given).
+    name: str = ""
 
 
 @dataclass
@@ -124,7 +126,36 @@ def collect_inputs(paths, output_dir):
     return found, unsupported, errors
 
 
-def plan_batch(paths, output_dir, output_names, overwrite=False):
+def collect_listed(items):
+    """:func:`collect_inputs` for files listed one by one (a manifest): ``items`` are
+    ``(file, name under the output folder)``; returns the same three lists.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> open(os.path.join(folder, "a.wav"), "w").close()
+    >>> found, unsupported, errors = collect_listed([(os.path.join(folder, "a.wav"), "a.wav"),
+    ...                                              (os.path.join(folder, "gone.wav"), "gone.wav")])
+    >>> [name for _, name in found], errors[0][1]
+    (['a.wav'], 'no such file')
+    """
+    found, unsupported, errors, seen = [], [], [], set()
+    for path, name in items:
+        real = _real(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        if not os.path.isfile(path):
+            errors.append((path, "no such file" if not os.path.exists(path) else "not a file"))
+        elif not path.lower().endswith(AUDIO_EXTENSIONS):
+            unsupported.append(path)
+        else:
+            found.append((path, name))
+    return found, unsupported, errors
+
+
+def plan_batch(paths, output_dir, output_names, overwrite=False, listed=None):
     """Decide the inputs and outputs of a batch run; refuse plans that would lose data.
 
     Arguments
@@ -138,6 +169,9 @@ def plan_batch(paths, output_dir, output_names, overwrite=False):
         under the output folder.
     overwrite : bool
         Redo jobs whose outputs exist (only ever replacing files that speechbrain-ext wrote).
+    listed : list of tuple, optional
+        ``(file, name under the output folder)`` to take instead of ``paths`` (files a
+        manifest lists; see :func:`collect_listed`).
 
     Returns
     -------
@@ -160,8 +194,12 @@ def plan_batch(paths, output_dir, output_names, overwrite=False):
     ...
     speechbrain_ext.errors.OutputConflictError: ...a.flac and ...a.mp3 would both be written to .../out/a.wav. Nothing was processed: ...
     """
-    found, unsupported, failed = collect_inputs(paths, output_dir)
-    jobs = [Job(path, [os.path.join(output_dir, name) for name in output_names(relative)]) for path, relative in found]
+    if listed is None:
+        found, unsupported, failed = collect_inputs(paths, output_dir)
+    else:
+        found, unsupported, failed = collect_listed(listed)
+    jobs = [Job(path, [os.path.join(output_dir, name) for name in output_names(relative)], relative)
+            for path, relative in found]
 
     inputs_by_real = {_real(job.input): job.input for job in jobs}
     producers, conflicts = {}, []

@@ -543,6 +543,23 @@ class ComplexBatchNorm2d(nn.BatchNorm2d):
         super().__init__(2 * num_features, eps=eps, momentum=momentum)
 
 
+def keep_frames(x, frames):
+    """``x`` [B, ..., T] with each item's frames from ``frames[b]`` on set to zero.
+
+    What a batch of padded items needs before a layer that looks across frames: the layer then
+    sees each item's frames followed by zeros, as it does when the item runs alone.
+
+    Example
+    -------
+    >>> keep_frames(torch.ones(2, 1, 4), torch.tensor([4, 2]))
+    tensor([[[1., 1., 1., 1.]],
+    <BLANKLINE>
+            [[1., 1., 0., 0.]]])
+    """
+    valid = torch.arange(x.shape[-1], device=x.device) < frames.to(x.device)[:, None]
+    return x * valid.view(len(x), *([1] * (x.dim() - 2)), x.shape[-1]).to(x.dtype)
+
+
 class ComplexSqueezeExcitation(nn.Module):
     """Complex squeeze-and-excitation: channel gates from utterance-level averages.
 
@@ -594,11 +611,20 @@ class ComplexSqueezeExcitation(nn.Module):
         self.gate_real = gate()
         self.gate_imag = gate()
 
-    def forward(self, x):
-        """Gate ``x`` [B, 2C, F, T]; returns the same shape."""
+    def forward(self, x, frames=None):
+        """Gate ``x`` [B, 2C, F, T]; returns the same shape.
+
+        ``frames`` (``[B]``, optional): each item's valid frames, when shorter items of a batch
+        are padded; the average then covers those only (a causal gate needs none: its running
+        mean never reaches later frames).
+        """
         if self.causal:  # the whole signal is one step of a stream that starts with it
             return self.step(x)[0]
-        mean_re, mean_im = split_complex(x.mean(dim=(2, 3)))
+        if frames is None:
+            mean = x.mean(dim=(2, 3))
+        else:
+            mean = (keep_frames(x.sum(dim=2), frames).sum(dim=-1) / (x.shape[2] * frames)[:, None]).to(x.dtype)
+        mean_re, mean_im = split_complex(mean)
         scale_re = self.gate_real(mean_re) - self.gate_imag(mean_im)
         scale_im = self.gate_real(mean_im) + self.gate_imag(mean_re)
         return x * torch.cat([scale_re, scale_im], dim=1)[:, :, None, None]

@@ -38,6 +38,7 @@ from speechbrain_ext.nnet.complex import (
     ComplexSqueezeExcitation,
     complex_cat,
     complex_multiply,
+    keep_frames,
 )
 from speechbrain_ext.nnet.fsmn import ComplexFSMN
 from speechbrain_ext.nnet.fused import FusedComplexConvBlock, FusedComplexFSMN
@@ -228,7 +229,7 @@ class FrequencyRecurrentUNet(nn.Module):
         )
         self.output_layer = ComplexConv2d(1, 1, kernel_size=1)
 
-    def forward(self, x, stream=None):
+    def forward(self, x, stream=None, frames=None):
         """``x`` [B, 2, F, N] -> [B, 2, F, N] (unbounded; FRCRN applies tanh to get a mask).
 
         Arguments
@@ -240,6 +241,9 @@ class FrequencyRecurrentUNet(nn.Module):
             x)`` must run ``layer.step`` with that layer's state and return its output (see
             :class:`speechbrain_ext.inference.streaming.FRCRNStreamer`, which also keeps the
             weights precomputed); every layer goes through it, in the order of the offline pass.
+        frames : torch.Tensor, optional
+            ``[B]`` valid frames of each item of a batch padded to ``N`` frames: each item's
+            first ``frames[b]`` output frames are then those of the item run alone.
         """
         if stream is None:
             run = _run_whole
@@ -247,6 +251,24 @@ class FrequencyRecurrentUNet(nn.Module):
             run = stream.apply
         else:
             raise RuntimeError("only a causal FrequencyRecurrentUNet can run as a stream")
+        if frames is not None and stream is not None:
+            raise ValueError("a stream runs one item's frames: it takes no frames")
+        # Padded items: only the encoders look at a later frame (time kernel 2 after one frame of
+        # padding: the frame an encoder adds at the end sees the padding, which must be zero as
+        # it is for the item alone) and the gates pool over all frames. Decoders look one frame
+        # ahead only inside the item; the time FSMNs and causal layers look back only.
+        padded = frames is not None and not self.causal
+        total = x.shape[-1]
+
+        def item_frames(x):  # each level adds (encoders) or removes (decoders) one frame
+            return frames + (x.shape[-1] - total)
+
+        def encode(encoder, x):
+            return run(encoder, keep_frames(x, item_frames(x)) if padded else x)
+
+        def gate(layer, x):
+            return layer(x, frames=item_frames(x)) if padded else run(layer, x)
+
         # Every layer keeps the memory format it is given: the default one trains faster on
         # CPU (convolution backward), channels-last infers faster (fuse_for_inference, streams).
         x = x.contiguous(memory_format=torch.channels_last if stream is not None else self.memory_format)
@@ -254,9 +276,9 @@ class FrequencyRecurrentUNet(nn.Module):
         for level, encoder in enumerate(self.encoders):
             if level > 0:
                 x = run(self.encoder_fsmns[level - 1], x)
-            x = run(encoder, x)
+            x = encode(encoder, x)
             if level < len(self.skip_gates):
-                skips.append(run(self.skip_gates[level], x))
+                skips.append(gate(self.skip_gates[level], x))
 
         for fsmn in self.bottleneck:  # the frequency axis is 1 here: the memory runs over time
             x = run(fsmn, x)
@@ -268,7 +290,7 @@ class FrequencyRecurrentUNet(nn.Module):
                 break
             x = run(self.decoder_fsmns[level], x)
             if level < len(self.decoder_gates):
-                x = run(self.decoder_gates[level], x)
+                x = gate(self.decoder_gates[level], x)
             # Pair with the gated encoder output of the same resolution.
             x = complex_cat([x, skips[last - 1 - level]])
         return run(self.output_layer, x).contiguous()
@@ -430,35 +452,71 @@ class FRCRN(nn.Module):
                 f"FRCRN needs at least one frame ({self.win_len} samples), got {noisy.shape[-1]}"
             )
 
-    def estimate_masks(self, spec, stream=None):
+    def estimate_masks(self, spec, stream=None, frames=None):
         """The first-stage and final complex masks ``[B, 2, F, N]`` for a spectrum ``[B, 2, F, N]``.
 
-        ``stream`` (causal model only) runs ``spec`` as the next frames of a stream; see
-        :meth:`FrequencyRecurrentUNet.forward`.
+        ``stream`` (causal model only) runs ``spec`` as the next frames of a stream; ``frames``
+        (``[B]``) are the valid frames of padded items; see :meth:`FrequencyRecurrentUNet.forward`.
         """
-        unet1_out = self.stage1(spec, stream)
+        unet1_out = self.stage1(spec, stream, frames)
         mask1 = torch.tanh(unet1_out)
         # Stage 2 refines stage 1's raw output; its mask is a correction added to mask 1.
-        mask2 = torch.tanh(self.stage2(unet1_out, stream)) + mask1
+        mask2 = torch.tanh(self.stage2(unet1_out, stream, frames)) + mask1
         return mask1, mask2
 
     def _apply_mask(self, spec, mask):
         est_spec = complex_multiply(spec, mask)
         return FRCRNStage(spec=est_spec, wav=self.istft(est_spec), mask=mask)
 
-    def forward(self, noisy):
+    def forward(self, noisy, lengths=None):
         """Enhance ``noisy`` [B, T] -> [B, T] (the final stage's waveform).
 
         The model reconstructs samples up to the end of the last whole frame; the remaining
         ``(T - win_len) % win_inc`` samples at the end are returned as zeros. Pad the input to a
         whole number of hops (as :class:`speechbrain_ext.inference.EnhanceFRCRN` does) to get
         every sample back.
+
+        ``lengths`` (``[B]`` samples, optional) runs a batch of items of different lengths padded
+        to ``T``: each item's output is the one it gets alone, ``model(noisy[b:b+1, :lengths[b]])``,
+        followed by zeros (its frames are kept apart from the padding, which the utterance-level
+        gates would otherwise average in).
+
+        Example
+        -------
+        >>> model = FRCRN(channels=8, fsmn_hidden=8).eval()
+        >>> short, long = torch.randn(1, 3000), torch.randn(1, 5000)
+        >>> batch = torch.cat([torch.nn.functional.pad(short, (0, 2000)), long])
+        >>> with torch.no_grad():
+        ...     together = model(batch, lengths=torch.tensor([3000, 5000]))
+        ...     alone = model(short)
+        >>> torch.allclose(together[:1, :3000], alone, atol=1e-5), together[0, 3000:].abs().max().item()
+        (True, 0.0)
         """
         self._check_input(noisy)
+        frames = None if lengths is None else self._item_frames(noisy, lengths)
         with recycled_memory(self.recycles_memory):
             spec = self.stft(noisy)
-            enhanced = self._apply_mask(spec, self.estimate_masks(spec)[1]).wav  # stage 1's is not needed
+            est_spec = complex_multiply(spec, self.estimate_masks(spec, frames=frames)[1])  # stage 1's is not needed
+            if frames is None:
+                enhanced = self.istft(est_spec)
+            else:  # each item's own frames: the inverse STFT's overlap-add ends where the item ends
+                enhanced = noisy.new_zeros(noisy.shape)
+                for index, count in enumerate(frames.tolist()):
+                    wav = self.istft(est_spec[index : index + 1, ..., :count])
+                    enhanced[index, : wav.shape[-1]] = wav[0]
         return F.pad(enhanced, (0, noisy.shape[-1] - enhanced.shape[-1]))
+
+    def _item_frames(self, noisy, lengths):
+        """``[B]`` frames of each item (``lengths`` in samples); None when every item fills the batch."""
+        lengths = torch.as_tensor(lengths, device=noisy.device).long().view(-1)
+        if len(lengths) != len(noisy) or (lengths > noisy.shape[-1]).any() or (lengths < self.win_len).any():
+            raise ValueError(f"lengths must give each of the {len(noisy)} items {self.win_len} to "
+                             f"{noisy.shape[-1]} samples, got {lengths.tolist()}")
+        frames = (lengths - self.win_len) // self.win_inc + 1
+        return None if (frames == frames.max()).all() and frames.max() == self._frames(noisy.shape[-1]) else frames
+
+    def _frames(self, length):
+        return (length - self.win_len) // self.win_inc + 1
 
 
 def ideal_complex_mask(stft, noisy, clean):
