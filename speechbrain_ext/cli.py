@@ -390,6 +390,12 @@ def add_evaluate_arguments(parser):
         help="folders of the estimated sources, one per speaker, in any order (required)",
     )
     parser.add_argument(
+        "--dnsmos", nargs="?", const=True, metavar="DIR",
+        help="DNSMOS (the DNS-Challenge's non-intrusive P.835 SIG/BAK/OVRL and P.808 MOS): with a folder, score its "
+        "files alone, no reference needed (--noisy DIR adds their inputs' scores); without one, add DNSMOS to an "
+        "enhancement evaluation",
+    )
+    parser.add_argument(
         "--csv", metavar="FILE",
         help="per-file CSV to write (enhancement: the averages go to FILE_summary.csv; separation: "
         "SpeechBrain's test_results.csv layout with an avg row)",
@@ -402,14 +408,23 @@ def add_evaluate_arguments(parser):
 
 
 # The options each task needs, and the ones only enhancement has.
-_EVALUATE_REQUIRED = {"enhancement": ("clean", "enhanced"), "separation": ("mix", "sources", "estimates")}
-_ENHANCEMENT_ONLY = ("clean", "enhanced", "noisy", "plot")
+_EVALUATE_REQUIRED = {"enhancement": ("clean", "enhanced"), "separation": ("mix", "sources", "estimates"),
+                      "quality": ("enhanced",)}
+_ENHANCEMENT_ONLY = ("clean", "enhanced", "noisy", "plot", "dnsmos")
 
 
 def _evaluate_option_error(args):
-    """The message for options that do not fit ``--task``, or None."""
+    """The message for options that do not fit ``--task``, or None (``--dnsmos DIR`` becomes
+    ``--task quality --enhanced DIR``)."""
+    if isinstance(args.dnsmos, str):
+        if args.task != "enhancement" or args.clean or args.enhanced:
+            return ("--dnsmos DIR scores a folder without references; to add DNSMOS to an evaluation against "
+                    "--clean files, give --dnsmos without a folder")
+        args.task, args.enhanced, args.dnsmos = "quality", args.dnsmos, False
     if args.task not in _EVALUATE_REQUIRED:
         return f"--task {args.task} is not supported"
+    if args.task == "quality" and (args.clean or args.plot):
+        return "--task quality (DNSMOS) scores files without references: --clean and --plot are not its options"
     missing = [f"--{name}" for name in _EVALUATE_REQUIRED[args.task] if not getattr(args, name, None)]
     if missing:
         return f"--task {args.task} needs {', '.join(missing)}"
@@ -442,9 +457,11 @@ def run_evaluate(args):
             warnings.simplefilter("always")
             if args.task == "separation":
                 items = evaluation.match_separation_files(args.mix, args.sources, args.estimates)
+            elif args.task == "quality":
+                items = evaluation.match_quality_files(args.enhanced, args.noisy)
             else:
                 items = evaluation.match_files(args.clean, args.enhanced, args.noisy, match=args.match)
-            result = evaluation.evaluate(items, args.task, resample=args.resample)
+            result = evaluation.evaluate(items, args.task, resample=args.resample, dnsmos=args.dnsmos is True)
             written = evaluation.write_csv(result, args.csv, args.task) if args.csv else ()
             if args.task == "enhancement" and args.plot:
                 evaluation.plot_spectrograms(items, args.plot, max_files=args.plot_files, resample=args.resample)
@@ -601,10 +618,12 @@ def build_parser():
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="score enhanced (PESQ, STOI, SI-SNR) or separated (SDR, SI-SNR, PIT) files against references",
-        description="Enhancement: PESQ-WB/NB, STOI and SI-SNR against clean references. Separation: SDR, SDRi, "
-        "SI-SNR and SI-SNRi (permutation invariant) against the reference sources. Also run by "
-        "`python -m speechbrain_ext.evaluation`.",
+        help="score enhanced (PESQ, STOI, SI-SNR; DNSMOS) or separated (SDR, SI-SNR, PIT) files against references, "
+        "or any recordings with DNSMOS alone",
+        description="Enhancement: PESQ-WB/NB, STOI and SI-SNR against clean references (--dnsmos adds DNSMOS). "
+        "Separation: SDR, SDRi, SI-SNR and SI-SNRi (permutation invariant) against the reference sources. Quality "
+        "(--dnsmos DIR, or --task quality --enhanced DIR): DNSMOS SIG/BAK/OVRL/P.808 of any recordings, no "
+        "reference needed. Also run by `python -m speechbrain_ext.evaluation`.",
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)

@@ -44,7 +44,7 @@ def make_examples(folder=EXAMPLES_DIR):
 
 def _demo_enhancement(card_dir, output_dir):
     from speechbrain_ext.evaluation import EvaluationItem, plot_spectrograms
-    from speechbrain_ext.evaluation.metrics import si_snr
+    from speechbrain_ext.evaluation.metrics import compute_metrics, dnsmos, si_snr
     from speechbrain_ext.inference import EnhanceFRCRN
 
     noisy_path = os.path.join(EXAMPLES_DIR, "noisy.wav")
@@ -57,6 +57,16 @@ def _demo_enhancement(card_dir, output_dir):
                             os.path.join(output_dir, "spectrograms.png"))
     print(f"enhancement: {enhanced_path}: SI-SNR {before:.1f} dB -> {after:.1f} dB "
           f"(improvement {after - before:+.1f} dB); spectrograms: {png}")
+    scores = compute_metrics(clean, enhanced, 16000, noisy)
+    print(f"  PESQ-WB {scores['pesq_wb_noisy']:.2f} -> {scores['pesq_wb']:.2f}, "
+          f"STOI {scores['stoi_noisy']:.3f} -> {scores['stoi']:.3f}")
+    try:
+        quality = {name: dnsmos(signal, 16000) for name, signal in (("noisy", noisy), ("enhanced", enhanced))}
+    except ImportError:
+        print("  (pip install 'speechbrain-ext[dnsmos]' adds DNSMOS, the DNS-Challenge's no-reference score)")
+        return
+    print("  DNSMOS " + ", ".join(f"{key.upper()} {quality['noisy'][f'dnsmos_{key}']:.2f} -> "
+                                   f"{quality['enhanced'][f'dnsmos_{key}']:.2f}" for key in ("sig", "bak", "ovrl")))
 
 
 def _demo_separation(card_dir, output_dir):

@@ -43,6 +43,7 @@ def test_demo_command_runs_offline_and_writes_results(tmp_path):
                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("improvement +") == 2, result.stdout
+    assert "PESQ-WB" in result.stdout and "STOI" in result.stdout and "DNSMOS SIG" in result.stdout
     enhanced, rate = sf.read(tmp_path / "enhanced.wav")
     assert rate == 16000 and len(enhanced) == sf.info(os.path.join(EXAMPLES_DIR, "noisy.wav")).frames
     with open(tmp_path / "spectrograms.png", "rb") as stream:

@@ -109,10 +109,13 @@ def assert_evaluation_written(output_folder, subset, files=2):
         rows = list(csv.DictReader(stream))
     assert [row["id"] for row in rows] == [f"fileid_{i}" for i in range(files)] + ["avg"]
     for row in rows:
-        for metric in ("pesq_wb", "pesq_nb", "stoi", "si_snr", "si_snr_noisy", "si_snr_improvement"):
+        for metric in ("pesq_wb", "pesq_nb", "stoi", "si_snr", "si_snr_noisy", "si_snr_improvement",
+                       "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808", "dnsmos_ovrl_noisy"):
             assert math.isfinite(float(row[metric])), (metric, row)
     with open(os.path.join(output_folder, f"test_results_{subset}_summary.csv"), newline="", encoding="utf-8") as s:
-        assert [row["system"] for row in csv.DictReader(s)] == ["noisy", "enhanced"]
+        summary = list(csv.DictReader(s))
+    assert [row["system"] for row in summary] == ["noisy", "enhanced"]
+    assert all(1 <= float(row["dnsmos_ovrl"]) <= 5 for row in summary)  # the DNS-Challenge's own metric
     with open(os.path.join(output_folder, f"test_spectrograms_{subset}.png"), "rb") as stream:
         assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
     assert len(os.listdir(os.path.join(output_folder, "enhanced", subset))) == files

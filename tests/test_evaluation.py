@@ -329,3 +329,76 @@ def test_separation_bad_input_is_one_clear_error(tmp_path, capsys, breakage, mes
                    "--estimates", *estimates) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("evaluate: error: ") and "\n" not in error
+
+
+def write_quality_folders(root, count=2):
+    """Noisy speech-like recordings and a 'processed' version with a quarter of the noise."""
+    folders = {name: os.path.join(root, name) for name in ("noisy", "enhanced")}
+    for folder in folders.values():
+        os.makedirs(folder)
+    for index in range(count):
+        clean = 0.3 * speech_like(3.0, 16000, seed=index)
+        noise = 0.1 * pink_noise(3.0, 16000, seed=index + 10)
+        sf.write(os.path.join(folders["noisy"], f"rec{index}.wav"), clean + noise, 16000, subtype="FLOAT")
+        sf.write(os.path.join(folders["enhanced"], f"rec{index}.wav"), clean + 0.25 * noise, 16000, subtype="FLOAT")
+    return folders
+
+
+def test_dnsmos_scores_real_recordings_without_a_reference():
+    clean = 0.3 * speech_like(4.0, 16000, seed=0)
+    noisy = clean + 0.1 * pink_noise(4.0, 16000, seed=1)
+    clean, noisy = clean / np.abs(noisy).max(), noisy / np.abs(noisy).max()  # noisy peaks at full scale
+    scores = {name: evaluation.dnsmos(signal, 16000) for name, signal in (("clean", clean), ("noisy", noisy))}
+    for values in scores.values():
+        assert sorted(values) == sorted(evaluation.DNSMOS_METRICS)
+        assert all(1.0 <= value <= 5.0 for value in values.values()), values
+    assert scores["clean"]["dnsmos_bak"] > scores["noisy"]["dnsmos_bak"] + 0.5  # the noise is heard
+    # Other rates are resampled to the models' 16 kHz; samples beyond full scale are scaled to it.
+    at_48k = evaluation.dnsmos(evaluation.resample(noisy, 16000, 48000), 48000)
+    assert at_48k["dnsmos_bak"] == pytest.approx(scores["noisy"]["dnsmos_bak"], abs=0.1)
+    assert evaluation.dnsmos(4 * noisy, 16000) == pytest.approx(scores["noisy"], abs=1e-4)
+
+
+def test_dnsmos_command_scores_a_folder_alone(tmp_path, capsys):
+    folders = write_quality_folders(str(tmp_path))
+    csv_path = tmp_path / "quality.csv"
+    status = run_cli("--dnsmos", folders["enhanced"], "--noisy", folders["noisy"], "--csv", str(csv_path))
+    output = capsys.readouterr().out
+    assert status == 0, output
+    assert "DNSMOS OVRL" in output and "| noisy    |" in output and "| enhanced |" in output
+    with open(csv_path, newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["id"] for row in rows] == ["rec0", "rec1", "avg"]
+    for row in rows:
+        for metric in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808", "dnsmos_bak_noisy"):
+            assert 1 <= float(row[metric]) <= 5, (metric, row)
+    with open(evaluation.summary_path_for(str(csv_path)), newline="", encoding="utf-8") as stream:
+        summary = {row["system"]: row for row in csv.DictReader(stream)}
+    assert list(summary) == ["noisy", "enhanced"]
+    assert float(summary["enhanced"]["dnsmos_bak"]) > float(summary["noisy"]["dnsmos_bak"])
+
+    assert run_cli("--dnsmos", folders["enhanced"]) == 0  # no noisy folder either
+    assert "| noisy" not in capsys.readouterr().out
+
+
+def test_dnsmos_joins_an_evaluation_against_references(tmp_path, capsys):
+    folders = write_dns_style_folders(str(tmp_path), count=2)
+    csv_path = tmp_path / "r.csv"
+    assert run_cli("--clean", folders["clean"], "--enhanced", folders["enhanced"], "--noisy", folders["noisy"],
+                   "--dnsmos", "--csv", str(csv_path)) == 0
+    output = capsys.readouterr().out
+    assert "PESQ-WB" in output and "DNSMOS SIG" in output
+    with open(evaluation.summary_path_for(str(csv_path)), newline="", encoding="utf-8") as stream:
+        header = next(csv.reader(stream))
+    assert header[:5] == ["system", "pesq_wb", "pesq_nb", "stoi", "si_snr"] and "dnsmos_ovrl" in header
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--dnsmos", "d", "--clean", "c"], "--dnsmos DIR scores a folder without references"),
+    (["--task", "quality"], "--task quality needs --enhanced"),
+    (["--task", "quality", "--enhanced", "e", "--plot", "p.png"], "are not its options"),
+    (["--dnsmos", "/nonexistent/folder"], "does not exist"),
+])
+def test_dnsmos_option_errors(capsys, arguments, message):
+    assert run_cli(*arguments) in (1, 2)
+    assert message in capsys.readouterr().err

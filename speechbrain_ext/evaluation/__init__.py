@@ -7,6 +7,9 @@ One pipeline, :func:`evaluate`, scores the items of either task (the ``--task`` 
   test set): PESQ-WB and PESQ-NB (ITU-T P.862.2 / P.862, ``pesq``), STOI (``pystoi``), SI-SNR
   in dB, and their values for the noisy input with the SI-SNR improvement when the noisy files
   are given;
+- **quality** without a reference (real recordings): DNSMOS (:func:`dnsmos`, the DNS-Challenge's
+  P.835 SIG / BAK / OVRL and P.808 MOS) of each processed file and, when given, of its input;
+  ``dnsmos=True`` adds the same columns to an enhancement evaluation;
 - **separation**, per mixture, the estimates matched to the references by the permutation of
   best mean SI-SNR (permutation invariant): SI-SNR and SI-SNRi, BSS-eval SDR
   (``mir_eval``, as SpeechBrain's separation recipes) and SDRi, each the mean over the speakers.
@@ -42,9 +45,11 @@ Authors: speechbrain-ext contributors
 import dataclasses
 
 from speechbrain_ext.evaluation.metrics import (
+    DNSMOS_METRICS,
     best_permutation,
     bss_eval_sdr,
     compute_metrics,
+    dnsmos,
     pesq_nb,
     pesq_wb,
     resample,
@@ -56,11 +61,13 @@ from speechbrain_ext.evaluation.metrics import (
 from speechbrain_ext.evaluation.pairing import (
     EvaluationError,
     EvaluationItem,
+    QualityItem,
     SeparationItem,
     check_item,
     item_files,
     load_item,
     match_files,
+    match_quality_files,
     match_separation_files,
     read_mono,
 )
@@ -79,15 +86,15 @@ from speechbrain_ext.evaluation.reports import (
 )
 
 __all__ = [
-    "METRICS", "SEPARATION_METRICS", "TASKS",
+    "DNSMOS_METRICS", "METRICS", "SEPARATION_METRICS", "TASKS",
     # the pipeline
     "evaluate", "evaluate_folders", "evaluate_separation_folders",
     # metrics
-    "best_permutation", "bss_eval_sdr", "compute_metrics", "pesq_nb", "pesq_wb", "resample", "separation_metrics",
+    "best_permutation", "bss_eval_sdr", "compute_metrics", "dnsmos", "pesq_nb", "pesq_wb", "resample", "separation_metrics",
     "si_snr", "si_snr_matrix", "stoi",
     # pairing
-    "EvaluationError", "EvaluationItem", "SeparationItem", "check_item", "item_files", "load_item", "match_files",
-    "match_separation_files", "read_mono",
+    "EvaluationError", "EvaluationItem", "QualityItem", "SeparationItem", "check_item", "item_files", "load_item",
+    "match_files", "match_quality_files", "match_separation_files", "read_mono",
     # reports
     "EvaluationResult", "format_summary", "log_spectrogram", "plot_spectrograms", "summarize", "summary_path_for",
     "task_layout", "write_csv",
@@ -99,10 +106,21 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _enhancement_row(item, signals):
+def _dnsmos_columns(signals):
+    """DNSMOS of the enhanced signal and, if there is one, of the noisy input (``*_noisy``)."""
+    rate = signals["sample_rate"]
+    scores = dnsmos(signals["enhanced"], rate)
+    if signals.get("noisy") is not None:
+        scores.update({f"{name}_noisy": value for name, value in dnsmos(signals["noisy"], rate).items()})
+    return scores
+
+
+def _enhancement_row(item, signals, with_dnsmos=False):
     """The CSV row of one enhancement item: its files, rate, duration and every metric."""
     rate = signals["sample_rate"]
     metrics = compute_metrics(signals["clean"], signals["enhanced"], rate, signals["noisy"])
+    if with_dnsmos:
+        metrics.update(_dnsmos_columns(signals))
     return {
         "id": item.id,
         "clean": item.clean,
@@ -114,13 +132,26 @@ def _enhancement_row(item, signals):
     }
 
 
-def _separation_row(item, signals):
+def _separation_row(item, signals, with_dnsmos=False):
     """The CSV row of one separation item (``test_results.csv`` of SpeechBrain's recipes)."""
     metrics = separation_metrics(signals["mixture"], signals["sources"], signals["estimates"])
     return {"snt_id": item.id, **{metric: metrics[metric] for metric in SEPARATION_METRICS}}
 
 
-_ROWS = {"enhancement": _enhancement_row, "separation": _separation_row}
+def _quality_row(item, signals, with_dnsmos=True):
+    """The CSV row of one recording scored without a reference: its files, rate, duration, DNSMOS."""
+    rate = signals["sample_rate"]
+    return {
+        "id": item.id,
+        "enhanced": item.enhanced,
+        **({"noisy": item.noisy} if item.noisy else {}),
+        "sample_rate": rate,
+        "duration": len(signals["enhanced"]) / rate,
+        **_dnsmos_columns(signals),
+    }
+
+
+_ROWS = {"enhancement": _enhancement_row, "separation": _separation_row, "quality": _quality_row}
 
 
 def _check_same_files(items):
@@ -130,7 +161,7 @@ def _check_same_files(items):
             raise EvaluationError(f"either every item or none needs a {field.name} file")
 
 
-def evaluate(items, task, resample=False):
+def evaluate(items, task, resample=False, dnsmos=False):
     """Score every item of one task: check them all, then read and score each.
 
     Every file header is checked first (:func:`check_item`), so bad input stops before minutes
@@ -138,20 +169,25 @@ def evaluate(items, task, resample=False):
 
     Arguments
     ---------
-    items : list of EvaluationItem or list of SeparationItem
-        From :func:`match_files` (enhancement) or :func:`match_separation_files` (separation).
+    items : list of EvaluationItem, SeparationItem or QualityItem
+        From :func:`match_files` (enhancement), :func:`match_separation_files` (separation) or
+        :func:`match_quality_files` (quality).
     task : str
-        ``'enhancement'`` (:func:`compute_metrics` per item) or ``'separation'``
-        (:func:`separation_metrics` per item).
+        ``'enhancement'`` (:func:`compute_metrics` per item), ``'separation'``
+        (:func:`separation_metrics` per item) or ``'quality'`` (:func:`dnsmos` per file).
     resample : bool
         Resample files whose rate differs from the item's reference instead of raising an error.
+    dnsmos : bool
+        Enhancement: also score DNSMOS (of the enhanced and the noisy files; the ``quality``
+        task always does: it is all it scores).
 
     Returns
     -------
     EvaluationResult
         ``rows``: one dict per item, as :func:`write_csv` writes them (enhancement: ``id``, the
         files, ``sample_rate``, ``duration`` and every metric; separation: ``snt_id, sdr, sdr_i,
-        si-snr, si-snr_i``); ``summary``: their averages (:func:`summarize`).
+        si-snr, si-snr_i``; quality: ``id``, the files, ``sample_rate``, ``duration`` and the
+        DNSMOS scores); ``summary``: their averages (:func:`summarize`).
 
     Raises
     ------
@@ -182,8 +218,18 @@ def evaluate(items, task, resample=False):
     for item in items:  # from the headers: bad input stops before minutes of scoring
         check_item(item, resample)
     _check_same_files(items)
-    rows = [_ROWS[task](item, load_item(item, resample=resample)) for item in items]
+    if dnsmos or task == "quality":
+        _check_dnsmos()  # before minutes of scoring
+    rows = [_ROWS[task](item, load_item(item, resample=resample), dnsmos) for item in items]
     return EvaluationResult(rows=rows, summary=summarize(rows, task))
+
+
+def _check_dnsmos():
+    try:
+        import speechmos.dnsmos  # noqa: F401
+    except ImportError as error:
+        raise EvaluationError(f"DNSMOS needs the speechmos package and onnxruntime ({error}): "
+                              "pip install 'speechbrain-ext[dnsmos]'") from None
 
 
 def evaluate_folders(

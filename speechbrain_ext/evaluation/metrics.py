@@ -5,6 +5,8 @@
 - :func:`best_permutation`: the one permutation search (separation scores, speaker order
   across chunks, the demo), on a square score matrix;
 - PESQ-WB / PESQ-NB (``pesq``), STOI (``pystoi``) and BSS-eval SDR (``mir_eval``);
+- DNSMOS (:func:`dnsmos`: the DNS-Challenge's non-intrusive P.835 SIG / BAK / OVRL and P.808
+  MOS, from Microsoft's ONNX models as the ``speechmos`` package ships them; no reference);
 - :func:`compute_metrics` (one enhanced utterance) and :func:`separation_metrics` (one
   separated mixture): every metric of one item, as the per-item CSVs report them.
 
@@ -321,6 +323,62 @@ def compute_metrics(clean, enhanced, sample_rate, noisy=None):
         )
         metrics["si_snr_improvement"] = metrics["si_snr"] - metrics["si_snr_noisy"]
     return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# DNSMOS: quality without a reference
+# --------------------------------------------------------------------------------------------
+
+#: DNSMOS columns: P.835 speech quality (SIG), background (BAK), overall (OVRL); P.808 MOS.
+DNSMOS_METRICS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
+#: The rate the DNSMOS models run at.
+DNSMOS_RATE = 16000
+
+
+def dnsmos(signal, sample_rate):
+    """DNSMOS of one recording, the DNS-Challenge's non-intrusive quality estimate: no clean
+    reference needed, so it scores real recordings.
+
+    Microsoft's DNSMOS P.835 model (SIG, BAK, OVRL, on 1-5 scales, after its polynomial fit)
+    and P.808 model, as the ``speechmos`` package ships and runs them (onnxruntime): the audio
+    at 16 kHz is scored over 9.01 s windows every second and averaged (shorter audio is
+    repeated to 9.01 s, as DNSMOS does). Audio at another rate is resampled to 16 kHz; audio
+    whose peak exceeds full scale is scaled down to it (the models take samples in [-1, 1]).
+
+    Arguments
+    ---------
+    signal : numpy.ndarray
+        ``[T]``.
+    sample_rate : int
+        In Hz.
+
+    Returns
+    -------
+    dict
+        ``dnsmos_sig, dnsmos_bak, dnsmos_ovrl, dnsmos_p808`` (floats).
+
+    Example
+    -------
+    >>> from speechbrain_ext.synthetic import pink_noise, speech_like
+    >>> clean = 0.3 * speech_like(3.0, 16000, seed=0)
+    >>> quiet, noisy = dnsmos(clean, 16000), dnsmos(clean + 0.1 * pink_noise(3.0, 16000, seed=1), 16000)
+    >>> sorted(quiet), bool(quiet["dnsmos_bak"] > noisy["dnsmos_bak"])
+    (['dnsmos_bak', 'dnsmos_ovrl', 'dnsmos_p808', 'dnsmos_sig'], True)
+    """
+    try:
+        from speechmos import dnsmos as speechmos_dnsmos
+    except ImportError as error:
+        raise ImportError(
+            f"DNSMOS needs the speechmos package and onnxruntime ({error}): pip install 'speechbrain-ext[dnsmos]'"
+        ) from None
+    audio = resample(np.asarray(signal, np.float64), sample_rate, DNSMOS_RATE)
+    if not len(audio):
+        raise ValueError("DNSMOS cannot score an empty signal")
+    peak = np.abs(audio).max()
+    if peak > 1:
+        audio = audio / peak
+    scores = speechmos_dnsmos.run(audio.astype(np.float32), DNSMOS_RATE)
+    return {f"dnsmos_{name}": float(scores[f"{name}_mos"]) for name in ("sig", "bak", "ovrl", "p808")}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Which files to score together, and reading them: folders matched into items, checked, loaded.
 
 An item is one unit to score: an :class:`EvaluationItem` (enhancement: a clean reference, its
-enhanced version and optionally the noisy input) or a :class:`SeparationItem` (separation: a
-mixture, its reference sources and the estimated sources, in any order). Its first file is the
+enhanced version and optionally the noisy input), a :class:`SeparationItem` (separation: a
+mixture, its reference sources and the estimated sources, in any order) or a
+:class:`QualityItem` (quality without a reference: an enhanced file, optionally its input). Its first file is the
 reference of the item: the others are read at its sample rate.
 
 - :func:`match_files` pairs clean / enhanced (/ noisy) folders by file name, or DNS-style by
@@ -130,6 +131,31 @@ class SeparationItem:
             f"{self.id}: the files differ in length ({min(seconds):.2f} s to {max(seconds):.2f} s); "
             "are they the same mixture?"
         )
+
+
+@dataclass
+class QualityItem:
+    """One recording to score without a reference (DNSMOS): the processed file and, optionally,
+    the unprocessed input, to compare.
+
+    Example
+    -------
+    >>> QualityItem("a", "enhanced/a.wav").noisy is None
+    True
+    """
+
+    id: str
+    enhanced: str
+    noisy: Optional[str] = None
+    task: ClassVar[str] = "quality"
+
+    def _rate_error(self, reference_rate, role, path, rate):
+        return (f"{self.id}: the enhanced file is at {reference_rate} Hz but the {role} file {os.path.basename(path)} "
+                f"is at {rate} Hz; resample it, or pass resample=True (--resample)")
+
+    def _length_error(self, durations):
+        described = ", ".join(f"{role} {seconds:.2f} s" for role, seconds in durations)
+        return f"{self.id}: the files differ in length ({described}); are they the same recording?"
 
 
 def item_files(item):
@@ -292,6 +318,25 @@ def match_files(clean_dir, enhanced_dir, noisy_dir=None, match="auto"):
         )
         for key in keys
     ]
+
+
+def match_quality_files(enhanced_dir, noisy_dir=None):
+    """Every audio file of ``enhanced_dir`` as a :class:`QualityItem`, with the noisy file of the
+    same name when ``noisy_dir`` is given (each enhanced file must have one).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> sf.write(os.path.join(root, "b.wav"), np.zeros(160), 16000)
+    >>> [(item.id, item.noisy) for item in match_quality_files(root)]
+    [('b', None)]
+    """
+    folders = {"enhanced": enhanced_dir, **({"noisy": noisy_dir} if noisy_dir is not None else {})}
+    keyed = {role: _keyed(_audio_files(folder, role), _name_key, role, "name") for role, folder in folders.items()}
+    keys = _matched_keys(keyed, folders, "name", "enhanced files", "enhanced file")
+    return [QualityItem(key, keyed["enhanced"][key], keyed["noisy"][key] if "noisy" in keyed else None)
+            for key in keys]
 
 
 def match_separation_files(mix_dir, source_dirs, estimate_dirs):

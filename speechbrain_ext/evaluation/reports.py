@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from speechbrain_ext.evaluation.metrics import DNSMOS_METRICS
 from speechbrain_ext.evaluation.pairing import EvaluationError, load_item
 
 # Metric columns of the enhancement CSV, in the order of the summary table.
@@ -45,7 +46,10 @@ METRIC_TITLES = {
 SEPARATION_METRICS = ("sdr", "sdr_i", "si-snr", "si-snr_i")
 SEPARATION_TITLES = {"sdr": "SDR (dB)", "sdr_i": "SDRi (dB)", "si-snr": "SI-SNR (dB)", "si-snr_i": "SI-SNRi (dB)"}
 
-TITLES = {**METRIC_TITLES, **SEPARATION_TITLES}
+DNSMOS_TITLES = {"dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK", "dnsmos_ovrl": "DNSMOS OVRL",
+                 "dnsmos_p808": "DNSMOS P.808"}
+
+TITLES = {**METRIC_TITLES, **SEPARATION_TITLES, **DNSMOS_TITLES}
 # Decimals in the tables: STOI lives in [0, 1], the rest are dB or MOS-like scores.
 DECIMALS = {"stoi": 3}
 
@@ -93,6 +97,17 @@ LAYOUTS = {
         summary_csv=False,
         panels=("mixture", "estimates", "sources"),
     ),
+    "quality": TaskLayout(
+        unit="files",
+        id_column="id",
+        metrics=DNSMOS_METRICS,
+        systems=(("enhanced", ""), ("noisy", "_noisy")),
+        improvement=None,
+        csv_columns=None,
+        text_columns=("id", "enhanced", "noisy", "sample_rate"),
+        summary_csv=True,
+        panels=("noisy", "enhanced"),
+    ),
 }
 
 # The tasks an evaluation knows (the ``evaluate`` command's ``--task``).
@@ -136,6 +151,13 @@ def _nanmean(values):
     return float(np.mean(values)) if values else float("nan")
 
 
+def _metrics(layout, rows):
+    """The layout's metrics, and the DNSMOS ones when the rows carry them (enhancement with
+    ``dnsmos=True``)."""
+    extra = tuple(m for m in DNSMOS_METRICS if m not in layout.metrics and rows and m in rows[0])
+    return (*layout.metrics, *extra)
+
+
 def summarize(rows, task="enhancement"):
     """Average of every metric per system, NaN entries left out.
 
@@ -163,11 +185,12 @@ def summarize(rows, task="enhancement"):
     """
     layout = task_layout(task)
     summary = {}
+    metrics = _metrics(layout, rows)
     for system, suffix in layout.systems:
         # A system with a suffix (the noisy input) is scored only when the rows carry it.
         if suffix and not (rows and all(f"{m}{suffix}" in rows[0] for m in layout.metrics)):
             continue
-        summary[system] = {m: _nanmean(row.get(f"{m}{suffix}") for row in rows) for m in layout.metrics}
+        summary[system] = {m: _nanmean(row.get(f"{m}{suffix}") for row in rows) for m in metrics}
     if layout.improvement and len(summary) > 1:
         processed, *others = summary
         summary[processed][layout.improvement] = _nanmean(row.get(layout.improvement) for row in rows)
@@ -251,7 +274,7 @@ def write_csv(result, csv_path, task="enhancement"):
     summary_path = summary_path_for(csv_path)
     processed = layout.systems[0][0]
     improvement = [layout.improvement] if layout.improvement in result.summary.get(processed, {}) else []
-    metric_columns = [*layout.metrics, *improvement]
+    metric_columns = [*_metrics(layout, result.rows), *improvement]
     with open(summary_path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(["system", *metric_columns, layout.unit])
@@ -291,7 +314,7 @@ def format_summary(summary, task="enhancement"):
     """
     layout = task_layout(task)
     systems = _table_systems(layout, summary)
-    candidates = (*layout.metrics, *([layout.improvement] if layout.improvement else []))
+    candidates = dict.fromkeys((*layout.metrics, *DNSMOS_METRICS, *([layout.improvement] if layout.improvement else [])))
     columns = [m for m in candidates if m in summary[systems[-1]]]
     header = ["", *(TITLES[m] for m in columns)]
     body = [[system, *(f"{summary[system][m]:.{DECIMALS.get(m, 2)}f}" for m in columns)] for system in systems]

@@ -116,7 +116,8 @@ def evaluate_enhancement(test_sets, hparams, device):
     test_sets : dict
         Name -> rows with ``ID``, ``noisy_wav`` and ``clean_wav``.
     hparams : dict
-        ``model``, ``sample_rate``, ``output_folder``, ``enhanced_folder``, ``train_logger``.
+        ``model``, ``sample_rate``, ``output_folder``, ``enhanced_folder``, ``train_logger``;
+        ``test_dnsmos`` (optional) adds DNSMOS of the enhanced and noisy files to the report.
     device : str
     """
     model = hparams["model"].eval()
@@ -132,7 +133,7 @@ def evaluate_enhancement(test_sets, hparams, device):
             path = os.path.join(folder, os.path.basename(row["noisy_wav"]))
             sf.write(path, enhanced.numpy(), rate, subtype="FLOAT")
             items.append(EvaluationItem(row["ID"], row["clean_wav"], path, row["noisy_wav"]))
-        result = evaluate(items, "enhancement")
+        result = evaluate(items, "enhancement", dnsmos=hparams.get("test_dnsmos", False))
         write_csv(result, os.path.join(hparams["output_folder"], f"test_results_{name}.csv"))
         plot_spectrograms(items, os.path.join(hparams["output_folder"], f"test_spectrograms_{name}.png"))
         hparams["train_logger"].log_stats(
