@@ -148,6 +148,7 @@ class FRCRNStreamer(BlockStreamer):
     Example
     -------
     >>> from speechbrain_ext.lobes.models.frcrn import FRCRN
+    >>> _ = torch.manual_seed(0)
     >>> model = FRCRN(channels=8, fsmn_hidden=8, fsmn_order=4, causal=True)
     >>> streamer = FRCRNStreamer(model)
     >>> streamer.latency, streamer.latency_seconds  # one 40 ms window
@@ -160,7 +161,7 @@ class FRCRNStreamer(BlockStreamer):
     torch.Size([8640])
     >>> with torch.no_grad():  # the offline causal forward, on the input plus `latency` zeros
     ...     offline = model(torch.nn.functional.pad(noisy, (0, 640))[None])[0, :8000]
-    >>> bool((stream[640:] - offline).abs().max() < 1e-5)
+    >>> bool((stream[640:] - offline).abs().max() < 1e-5 * max(1.0, offline.abs().max()))
     True
 
     A live loop (not run here) with the ``sounddevice`` package: the callback gets and must

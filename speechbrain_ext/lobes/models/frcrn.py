@@ -483,13 +483,14 @@ class FRCRN(nn.Module):
 
         Example
         -------
+        >>> _ = torch.manual_seed(0)
         >>> model = FRCRN(channels=8, fsmn_hidden=8).eval()
         >>> short, long = torch.randn(1, 3000), torch.randn(1, 5000)
         >>> batch = torch.cat([torch.nn.functional.pad(short, (0, 2000)), long])
         >>> with torch.no_grad():
         ...     together = model(batch, lengths=torch.tensor([3000, 5000]))
         ...     alone = model(short)
-        >>> torch.allclose(together[:1, :3000], alone, atol=1e-5), together[0, 3000:].abs().max().item()
+        >>> bool((together[:1, :3000] - alone).abs().max() <= 1e-5 * alone.abs().max()), together[0, 3000:].abs().max().item()
         (True, 0.0)
         """
         self._check_input(noisy)
