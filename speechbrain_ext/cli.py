@@ -281,8 +281,8 @@ def _write_output_manifest(path, task, plan, records, existing_durations, num_sp
     output_columns = ["output"] if task == "enhancement" else [f"output_spk{s + 1}" for s in range(num_spks)]
     rows = [dict(input=job.input, outputs=job.outputs, name=job.name, duration=seconds, status="exists")
             for job, seconds in zip(plan.existing, existing_durations)]
-    rows += [dict(input=path, outputs=[], name="", duration="", status="failed", error=reason)
-             for path, reason in plan.failed]
+    rows += [dict(input=failed_input, outputs=[], name="", duration="", status="failed", error=reason)
+             for failed_input, reason in plan.failed]
     rows += records
     for row in rows:
         name = row.pop("name")

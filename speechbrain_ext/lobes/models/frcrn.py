@@ -464,9 +464,14 @@ class FRCRN(nn.Module):
         mask2 = torch.tanh(self.stage2(unet1_out, stream, frames)) + mask1
         return mask1, mask2
 
-    def _apply_mask(self, spec, mask):
+    def _apply_mask(self, spec, mask, frames=None):
         est_spec = complex_multiply(spec, mask)
-        return FRCRNStage(spec=est_spec, wav=self.istft(est_spec), mask=mask)
+        if frames is None:
+            wav = self.istft(est_spec)
+        else:  # each item's own frames: its inverse STFT's overlap-add ends where the item ends
+            wavs = [self.istft(est_spec[index : index + 1, ..., :count])[0] for index, count in enumerate(frames.tolist())]
+            wav = nn.utils.rnn.pad_sequence(wavs, batch_first=True)
+        return FRCRNStage(spec=est_spec, wav=wav, mask=mask)
 
     def forward(self, noisy, lengths=None):
         """Enhance ``noisy`` [B, T] -> [B, T] (the final stage's waveform).
@@ -497,14 +502,8 @@ class FRCRN(nn.Module):
         frames = None if lengths is None else self._item_frames(noisy, lengths)
         with recycled_memory(self.recycles_memory):
             spec = self.stft(noisy)
-            est_spec = complex_multiply(spec, self.estimate_masks(spec, frames=frames)[1])  # stage 1's is not needed
-            if frames is None:
-                enhanced = self.istft(est_spec)
-            else:  # each item's own frames: the inverse STFT's overlap-add ends where the item ends
-                enhanced = noisy.new_zeros(noisy.shape)
-                for index, count in enumerate(frames.tolist()):
-                    wav = self.istft(est_spec[index : index + 1, ..., :count])
-                    enhanced[index, : wav.shape[-1]] = wav[0]
+            mask = self.estimate_masks(spec, frames=frames)[1]  # stage 1's waveform is not needed
+            enhanced = self._apply_mask(spec, mask, frames).wav
         return F.pad(enhanced, (0, noisy.shape[-1] - enhanced.shape[-1]))
 
     def _item_frames(self, noisy, lengths):
@@ -514,10 +513,7 @@ class FRCRN(nn.Module):
             raise ValueError(f"lengths must give each of the {len(noisy)} items {self.win_len} to "
                              f"{noisy.shape[-1]} samples, got {lengths.tolist()}")
         frames = (lengths - self.win_len) // self.win_inc + 1
-        return None if (frames == frames.max()).all() and frames.max() == self._frames(noisy.shape[-1]) else frames
-
-    def _frames(self, length):
-        return (length - self.win_len) // self.win_inc + 1
+        return None if (frames == (noisy.shape[-1] - self.win_len) // self.win_inc + 1).all() else frames
 
 
 def ideal_complex_mask(stft, noisy, clean):
