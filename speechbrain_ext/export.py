@@ -80,7 +80,7 @@ class EnhancerGraph(nn.Module):
             gain = torch.where(gain > 0, gain, level_scale([noisy]).to(noisy))[:, None]
             noisy = noisy * gain
         length = noisy.shape[-1]
-        padding = (self.win_inc - (length - self.win_len) % self.win_inc) % self.win_inc
+        padding = (self.win_len - length) % self.win_inc  # to whole frames
         enhanced = self.model(F.pad(noisy, (0, padding)))[:, :length]
         return enhanced / gain if self.normalize else enhanced
 
@@ -354,8 +354,6 @@ def _metadata(interface, kind, extra):
 
 #: Models the exporter cannot translate, and why.
 _NOT_EXPORTABLE = {
-    "MossFormer2SE": "its STFT and inverse are complex-valued (torch.stft / torch.istft), which the ONNX exporter "
-                     "does not translate, and its Kaldi filterbank front end has not been checked",
     "MossFormerGANSE": "its STFT and inverse are complex-valued (torch.stft / torch.istft), which the ONNX exporter "
                        "does not translate",
 }

@@ -86,6 +86,8 @@ class FramedSTFT(nn.Module):
         FFT size; frames are zero-padded at the end up to it. ``F = fft_len // 2 + 1``.
     win_type : str or None
         See :func:`analysis_window`.
+    window : torch.Tensor, optional
+        ``[win_len]``: this analysis window instead of ``win_type``'s.
 
     Example
     -------
@@ -94,12 +96,13 @@ class FramedSTFT(nn.Module):
     torch.Size([3, 2, 321, 49])
     """
 
-    def __init__(self, win_len=640, win_inc=320, fft_len=640, win_type="hann"):
+    def __init__(self, win_len=640, win_inc=320, fft_len=640, win_type="hann", window=None):
         super().__init__()
         if win_len > fft_len:
             raise ValueError(f"win_len ({win_len}) must not exceed fft_len ({fft_len})")
         self.win_len, self.win_inc, self.fft_len = win_len, win_inc, fft_len
-        self.register_buffer("window", analysis_window(win_type, win_len), persistent=False)
+        window = analysis_window(win_type, win_len) if window is None else window
+        self.register_buffer("window", window, persistent=False)
 
     def num_frames(self, num_samples):
         """Frames produced for ``num_samples`` input samples (0 when shorter than a window)."""
@@ -141,7 +144,7 @@ class FramedISTFT(nn.Module):
 
     Arguments
     ---------
-    win_len, win_inc, fft_len, win_type :
+    win_len, win_inc, fft_len, win_type, window :
         As in :class:`FramedSTFT`.
 
     Example
@@ -153,10 +156,11 @@ class FramedISTFT(nn.Module):
     True
     """
 
-    def __init__(self, win_len=640, win_inc=320, fft_len=640, win_type="hann"):
+    def __init__(self, win_len=640, win_inc=320, fft_len=640, win_type="hann", window=None):
         super().__init__()
         self.win_len, self.win_inc, self.fft_len = win_len, win_inc, fft_len
-        self.register_buffer("window", analysis_window(win_type, win_len), persistent=False)
+        window = analysis_window(win_type, win_len) if window is None else window
+        self.register_buffer("window", window, persistent=False)
         self.register_buffer("synthesis", self._synthesis_basis(win_len, fft_len), persistent=False)
 
     @staticmethod

@@ -449,7 +449,10 @@ def _padded_local_global_attention(quad_q, quad_k, lin_q, lin_k, values, group_s
         weights = weights.tril()
     if dropout is not None:
         weights = dropout(weights)
-    return (grouped(linear) + weights @ grouped(values)).flatten(1, 2)[:, :length]
+    attended = grouped(linear) + weights @ grouped(values)  # [B, groups, group_size, E]
+    # Back to [B, padded length, E] with the length written as the padding made it, which lets
+    # the exporter prove that cutting it to ``length`` keeps a symbolic (not data-dependent) size.
+    return attended.reshape(attended.shape[0], length + padding[-1], attended.shape[-1])[:, :length]
 
 
 def _linear_attention(lin_q, lin_k, values, group_size, causal):
