@@ -106,18 +106,19 @@ class SeparatorGraph(nn.Module):
 
 
 class ExportGroupNorm(nn.Module):
-    """``nn.GroupNorm`` written as plain means, for export: ``norm``'s parameters, its output.
+    """``nn.GroupNorm`` (or an affine ``nn.InstanceNorm1d/2d``: one group per channel) written as
+    plain means, for export: ``norm``'s parameters, its output.
 
-    The exporter turns ``group_norm`` into ONNX InstanceNormalization, and onnxruntime's CPU
-    kernel for it loses float32 precision as a group grows: for MossFormer's one group over
-    512 channels x the frames of a 10 s input its error was 3e-3 (PyTorch: 2e-6), which put the
-    official-size separator at 65 dB from the model. Here each group's statistics are means over
-    its channels, then over time (each reduction short and well conditioned), and the variance is
-    that of the centred values.
+    The exporter turns these norms into ONNX InstanceNormalization, and onnxruntime's CPU kernel
+    for it loses float32 precision as a group grows: for MossFormer's one group over 512 channels
+    x the frames of a 10 s input its error was 3e-3 (PyTorch: 2e-6), which put the official-size
+    separator at 65 dB from the model. Here each group's statistics are means over one axis at a
+    time (each reduction short and well conditioned), and the variance is that of the centred
+    values.
 
     Arguments
     ---------
-    norm : torch.nn.GroupNorm
+    norm : torch.nn.GroupNorm or torch.nn.InstanceNorm1d or torch.nn.InstanceNorm2d
         The norm whose parameters (weight, bias, eps, groups) are used.
 
     Example
@@ -126,33 +127,50 @@ class ExportGroupNorm(nn.Module):
     >>> x = torch.randn(3, 8, 50)
     >>> torch.allclose(ExportGroupNorm(norm)(x), norm(x), atol=1e-5)
     True
+    >>> norm = torch.nn.InstanceNorm2d(8, affine=True)
+    >>> x = torch.randn(3, 8, 20, 30)
+    >>> torch.allclose(ExportGroupNorm(norm)(x), norm(x), atol=1e-5)
+    True
     """
 
     def __init__(self, norm):
         super().__init__()
         self.norm = norm
+        self.groups = norm.num_groups if isinstance(norm, nn.GroupNorm) else norm.num_features
 
     def forward(self, x):
-        shape, groups = x.shape, self.norm.num_groups
-        grouped = x.reshape(shape[0], groups, shape[1] // groups, -1)
-        mean = grouped.mean(dim=2, keepdim=True).mean(dim=3, keepdim=True)
-        centred = grouped - mean
-        variance = centred.square().mean(dim=2, keepdim=True).mean(dim=3, keepdim=True)
-        y = (centred * torch.rsqrt(variance + self.norm.eps)).reshape(shape)
+        shape = x.shape
+        grouped = x.reshape(shape[0], self.groups, shape[1] // self.groups, *shape[2:])
+        axes = range(grouped.dim() - 1, 1, -1)  # the last axis first, down to the group's channels
+
+        def mean(values):
+            for axis in axes:
+                values = values.mean(dim=axis, keepdim=True)
+            return values
+
+        centred = grouped - mean(grouped)
+        y = (centred * torch.rsqrt(mean(centred.square()) + self.norm.eps)).reshape(shape)
         if self.norm.affine:
             channel_axis = (1, -1) + (1,) * (x.dim() - 2)
             y = y * self.norm.weight.reshape(channel_axis) + self.norm.bias.reshape(channel_axis)
         return y
 
 
+def _exported_as_means(module):
+    if type(module) is nn.GroupNorm:
+        return True
+    return (type(module) in (nn.InstanceNorm1d, nn.InstanceNorm2d) and module.affine
+            and not module.track_running_stats)
+
+
 @contextlib.contextmanager
 def export_numerics(module):
-    """Within the block, ``module``'s GroupNorms are :class:`ExportGroupNorm` (same parameters);
-    restored afterwards, whatever happens."""
+    """Within the block, ``module``'s GroupNorms and InstanceNorms are :class:`ExportGroupNorm`
+    (same parameters); restored afterwards, whatever happens."""
     swapped = []
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.GroupNorm:
+            if _exported_as_means(child):
                 setattr(parent, name, ExportGroupNorm(child))
                 swapped.append((parent, name, child))
     try:
@@ -353,12 +371,6 @@ def _metadata(interface, kind, extra):
 
 
 #: Models the exporter cannot translate, and why.
-_NOT_EXPORTABLE = {
-    "MossFormerGANSE": "its STFT and inverse are complex-valued (torch.stft / torch.istft), which the ONNX exporter "
-                       "does not translate",
-}
-
-
 def _graph_of(interface, streaming):
     """``(module, example inputs, input names, output names, dynamic shapes, metadata)``."""
     rate = int(interface.sample_rate)
@@ -375,9 +387,6 @@ def _graph_of(interface, streaming):
         return graph, example, ["mix"], ["sources"], ({0: batch, 1: time},), _metadata(interface, "separator", meta)
 
     model = interface.mods.model
-    reason = _NOT_EXPORTABLE.get(type(model).__name__)
-    if reason:
-        raise ExportError(f"{type(model).__name__} does not export to ONNX yet: {reason}; run it in PyTorch")
     frames = {"win_len": int(model.win_len), "win_inc": int(model.win_inc)}
     if streaming:
         graph = FRCRNStepGraph(model)

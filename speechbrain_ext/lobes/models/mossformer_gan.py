@@ -390,7 +390,13 @@ class MossFormerGANGenerator(nn.Module):
     def forward(self, spectrum):
         real, imag = spectrum[:, :1], spectrum[:, 1:]
         magnitude = torch.sqrt(real * real + imag * imag)
-        phase = torch.atan2(imag, real)
+        if torch.compiler.is_exporting():  # ONNX has no atan2: the phase's cosine and sine directly
+            nonzero = magnitude > 0
+            cosine = torch.where(nonzero, real / magnitude.clamp_min(1e-30), 1.0)
+            sine = torch.where(nonzero, imag / magnitude.clamp_min(1e-30), 0.0)
+        else:
+            phase = torch.atan2(imag, real)
+            cosine, sine = torch.cos(phase), torch.sin(phase)
         h = self.encoder_down(self.encoder_dense(self.encoder_in(torch.cat((magnitude, spectrum), dim=1))))
         for block in self.blocks:
             h = block(h)
@@ -398,7 +404,7 @@ class MossFormerGANGenerator(nn.Module):
         mask = self.mask_slopes(mask.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)  # slopes per bin
         residual = self.complex_out(self.complex_act(self.complex_norm(self.complex_up(self.complex_dense(h)))))
         masked = mask * magnitude
-        return masked * torch.cos(phase) + residual[:, :1], masked * torch.sin(phase) + residual[:, 1:]
+        return masked * cosine + residual[:, :1], masked * sine + residual[:, 1:]
 
 
 class MossFormerGANSE(nn.Module):
@@ -457,6 +463,8 @@ class MossFormerGANSE(nn.Module):
         gain = torch.rsqrt(noisy.pow(2).mean(dim=-1, keepdim=True).clamp_min(1e-20))  # unit mean power
         wrapped = -length % self.win_inc
         x = torch.cat((noisy, noisy[:, :wrapped]), dim=-1) * gain
+        if torch.compiler.is_exporting():
+            return self._real_valued_forward(x)[:, :length] / gain
         spectrum = torch.stft(x, self.win_len, self.win_inc, self.win_len, self.window, return_complex=True)
         compressed = torch.polar(spectrum.abs().pow(self.compression), spectrum.angle())
         real, imag = self.generator(torch.stack((compressed.real, compressed.imag), dim=1).transpose(2, 3))
@@ -464,3 +472,22 @@ class MossFormerGANSE(nn.Module):
         enhanced = torch.polar(enhanced.abs().pow(1 / self.compression), enhanced.angle())
         out = torch.istft(enhanced, self.win_len, self.win_inc, self.win_len, self.window, length=x.shape[-1])
         return out[:, :length] / gain
+
+    def _real_valued_forward(self, x):
+        """:meth:`forward`'s analysis, generator and synthesis for ``x`` [B, T] (whole hops, unit
+        power) without complex tensors, which ONNX export does not translate: the centred STFT and
+        its inverse as convolutions, the compression as ``X * |X| ** (c - 1)``."""
+        from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
+
+        frames = dict(win_len=self.win_len, win_inc=self.win_inc, fft_len=self.win_len, window=self.window)
+        half = self.win_len // 2
+        padded = F.pad(x[:, None], (half, half), mode="reflect")[:, 0]  # center=True
+        spectrum = FramedSTFT(**frames).as_convolution(padded)  # [B, 2, F, N]
+
+        def compress(spec, exponent):  # the magnitude to a power, the phase kept; 0 stays 0
+            magnitude = spec.square().sum(dim=1, keepdim=True).sqrt()
+            return spec * magnitude.clamp_min(1e-30).pow(exponent - 1)
+
+        real, imag = self.generator(compress(spectrum, self.compression).transpose(2, 3))
+        enhanced = compress(torch.cat((real, imag), dim=1).transpose(2, 3), 1 / self.compression)
+        return FramedISTFT(**frames).as_convolution(enhanced)[:, half: half + x.shape[-1]]
