@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/onnx_speed.py                     # 10 s and 60 s, prints a markdown table
     python benchmarks/onnx_speed.py --seconds 10 --repeats 1 --output table.md
+    python benchmarks/onnx_speed.py --models mossformer      # one model (and the stream step)
 """
 
 import argparse
@@ -130,6 +131,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["frcrn", "mossformer"], choices=["frcrn", "mossformer"],
+                        help="offline models to time (default: both); the stream step always runs")
     parser.add_argument("--output", help="also write the table to this file")
     parser.add_argument("--file-from", type=float, default=30.0,
                         help="process inputs this long or longer as files, in chunks (default: %(default)s s)")
@@ -153,7 +156,7 @@ def main():
     lines += ["| model | audio | PyTorch s | onnxruntime s | ort / torch | PyTorch peak MB | onnxruntime peak MB | "
               "parity |", "|---|---|---|---|---|---|---|---|"]
     exports = {}
-    for model in ("frcrn", "mossformer"):
+    for model in args.models:
         graph = os.path.join(folder, f"{model}.onnx")
         start = time.perf_counter()
         export_onnx(build_interface(model, freeze_params=False), graph)
