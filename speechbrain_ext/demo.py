@@ -1,12 +1,13 @@
 """The offline demo: enhance and separate the bundled examples with the bundled demo weights.
 
 The demo weights (``pretrained/demo-frcrn-16k``, ``pretrained/demo-mossformer-8k``) are small
-models trained with this project's own recipes on generated speech; their model cards say
-exactly how they were made. The examples (``pretrained/examples``) are generated signals with
-their clean references, so the demo can print the SI-SNR improvement it achieved.
+models trained with this project's own recipes on synthesised speech (espeak-ng, flite and
+festival voices, ``benchmarks/demo_weights.py``); their model cards say exactly how they were
+made and what they are and are not for. The examples (``pretrained/examples``) are voices and
+noises the demo models never heard in training, with their clean references, so the demo can
+print the scores it achieved.
 
     speechbrain-ext demo                 # writes demo_output/: wavs + spectrograms.png
-    python -m speechbrain_ext.demo --make-examples   # regenerate the bundled examples
 
 Authors: speechbrain-ext contributors
 """
@@ -22,24 +23,6 @@ from speechbrain_ext.inference.sources import CARDS_DIR
 
 EXAMPLES_DIR = os.path.join(CARDS_DIR, "examples")
 DEMO_CARDS = {"enhancement": "demo-frcrn-16k", "separation": "demo-mossformer-8k"}
-EXAMPLE_SEED = 1000  # not a seed the demo models were trained or validated on
-
-
-def make_examples(folder=EXAMPLES_DIR):
-    """Write the bundled examples: a noisy utterance (16 kHz) and a 2-voice mixture (8 kHz),
-    each with its clean reference(s)."""
-    from speechbrain_ext.synthetic import mix_at_snr, pink_noise, speech_like, two_speaker_mixture
-
-    os.makedirs(folder, exist_ok=True)
-    clean = speech_like(4.0, 16000, seed=EXAMPLE_SEED)
-    noisy, _ = mix_at_snr(clean, pink_noise(4.0, 16000, seed=EXAMPLE_SEED + 1), snr_db=0.0)
-    sf.write(os.path.join(folder, "noisy.wav"), noisy, 16000, subtype="PCM_16")
-    sf.write(os.path.join(folder, "noisy_clean.wav"), clean, 16000, subtype="PCM_16")
-    mixture, sources = two_speaker_mixture(4.0, 8000, seed=EXAMPLE_SEED)
-    sf.write(os.path.join(folder, "mixture.wav"), mixture, 8000, subtype="PCM_16")
-    for index, source in enumerate(sources):
-        sf.write(os.path.join(folder, f"mixture_s{index + 1}.wav"), source, 8000, subtype="PCM_16")
-    return folder
 
 
 def _demo_enhancement(card_dir, output_dir):
@@ -96,19 +79,18 @@ def run_demo(output_dir="demo_output"):
             continue
         run(card_dir, output_dir)
         ran += 1
-    print(f"outputs in {os.path.abspath(output_dir)}; with network, `--model` pointing at the official "
-          "weights (e.g. speechbrain-ext enhance FILE -o OUT --model alibabasglab/FRCRN_SE_16K) is the next step")
+    print(f"outputs in {os.path.abspath(output_dir)}")
+    print("The demo weights are small models trained offline on synthesised voices (their model cards in "
+          f"{CARDS_DIR} say how well they do on voices and noises they never heard); they are not for real "
+          "recordings. With a network, the official weights are one option away: "
+          "speechbrain-ext enhance FILE -o OUT --model alibabasglab/FRCRN_SE_16K")
     return ran
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="speechbrain-ext offline demo")
     parser.add_argument("-o", "--output-dir", default="demo_output")
-    parser.add_argument("--make-examples", action="store_true", help="regenerate the bundled examples")
     args = parser.parse_args(argv)
-    if args.make_examples:
-        print(f"examples written to {make_examples()}")
-        return 0
     run_demo(args.output_dir)
     return 0
 

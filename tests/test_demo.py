@@ -9,15 +9,12 @@ import soundfile as sf
 import torch
 
 from speechbrain_ext.demo import DEMO_CARDS, EXAMPLES_DIR
-from speechbrain_ext.evaluation import si_snr
+from speechbrain_ext.evaluation import si_snr, stoi
 from speechbrain_ext.inference import EnhanceFRCRN
 from speechbrain_ext.inference.sources import CARDS_DIR
-from speechbrain_ext.synthetic import (
-    babble_noise, click_noise, hum_noise, mix_at_snr, pink_noise, speech_like, white_noise,
-)
 
 CLI = os.path.join(os.path.dirname(sys.executable), "speechbrain-ext")
-NOISES = (white_noise, pink_noise, babble_noise, hum_noise, click_noise)
+HELD_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def test_demo_weights_are_small():
@@ -26,16 +23,30 @@ def test_demo_weights_are_small():
     assert 0 < total <= 20 * 2**20
 
 
-def test_demo_frcrn_improves_held_out_generated_speech_by_6_db():
+def _clips(folder, *roles):
+    """The shipped held-out clips (voices and noise types the demo models never heard; made by
+    ``benchmarks/demo_weights.py ship``): ``{name: [signal per role]}``."""
+    names = sorted(os.listdir(os.path.join(HELD_OUT, folder, roles[0])))
+    assert names, folder
+    return {n: [sf.read(os.path.join(HELD_OUT, folder, role, n))[0] for role in roles] for n in names}
+
+
+def test_demo_frcrn_on_held_out_voices_and_noises():
+    # One clip per held-out voice, the held-out noise types taking turns. What the card reports,
+    # less a margin: fan noise is removed (+4.9..+6.5 dB, more intelligible), unseen babble and
+    # unseen recorded sounds barely (-0.9..+1.6 dB); on average it helps and keeps STOI.
     enhancer = EnhanceFRCRN.from_hparams(source=os.path.join(CARDS_DIR, DEMO_CARDS["enhancement"]))
-    improvements = []
-    for index, noise in enumerate(NOISES):  # seeds unused in training (1), validation or test (2)
-        seed = 5000 + 10 * index
-        clean = speech_like(4.0, 16000, seed=seed)
-        noisy, _ = mix_at_snr(clean, noise(4.0, 16000, seed=seed + 1), snr_db=0.0)
-        enhanced = enhancer.enhance_batch(torch.from_numpy(noisy)).numpy()
+    improvements, stoi_noisy, stoi_enhanced = [], [], []
+    for name, (clean, noisy) in _clips("heldout_enhancement", "clean", "noisy").items():
+        enhanced = enhancer.enhance_batch(torch.from_numpy(noisy).float()).numpy().astype(np.float64)
         improvements.append(si_snr(enhanced, clean) - si_snr(noisy, clean))
-    assert np.mean(improvements) >= 6.0, improvements
+        stoi_noisy.append(stoi(clean, noisy, 16000))
+        stoi_enhanced.append(stoi(clean, enhanced, 16000))
+        if "_fan" in name:
+            assert improvements[-1] >= 4.0 and stoi_enhanced[-1] >= stoi_noisy[-1], name
+    assert len(improvements) == 9
+    assert np.mean(improvements) >= 1.5, improvements
+    assert np.mean(stoi_enhanced) >= np.mean(stoi_noisy) - 0.005, (stoi_noisy, stoi_enhanced)
 
 
 def test_demo_command_runs_offline_and_writes_results(tmp_path):
@@ -50,17 +61,16 @@ def test_demo_command_runs_offline_and_writes_results(tmp_path):
         assert stream.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_mossformer_separates_held_out_generated_voices_by_6_db():
+def test_demo_mossformer_separates_held_out_voices():
     from speechbrain_ext.inference import SeparateMossFormer
-    from speechbrain_ext.synthetic import two_speaker_mixture
 
     separator = SeparateMossFormer.from_hparams(source=os.path.join(CARDS_DIR, DEMO_CARDS["separation"]))
     improvements = []
-    for seed in (7000, 7001, 7002):
-        mixture, sources = two_speaker_mixture(4.0, 8000, seed=seed)
-        estimates = separator.separate_batch(torch.from_numpy(mixture)).numpy().T  # [2, T]
+    for name, (mixture, *sources) in _clips("heldout_separation", "mix", "s1", "s2").items():
+        estimates = separator.separate_batch(torch.from_numpy(mixture).float()).numpy().T.astype(np.float64)
         improvements.append(max(
             np.mean([si_snr(estimates[e], sources[s]) - si_snr(mixture, sources[s]) for s, e in enumerate(order)])
             for order in ((0, 1), (1, 0))
         ))
-    assert np.mean(improvements) >= 6.0, improvements
+    # Four mixtures of held-out voices, -1.0..+10.8 dB (mean 5.2): the card's +4.7 dB on 45.
+    assert len(improvements) == 4 and np.mean(improvements) >= 4.0, improvements
