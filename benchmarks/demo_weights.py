@@ -491,8 +491,6 @@ def continue_frcrn(out, minutes, lr=5e-4):
     """A second stage from the first run's best weights (``OUT/frcrn/model``, passed to the
     recipe as official files through ``--pretrained_path``), on the current DNS folder. Writes
     ``OUT/frcrn_stage2``."""
-    import tempfile
-
     import torch
 
     from speechbrain_ext.convert import frcrn_to_official
@@ -510,8 +508,6 @@ def continue_mossformer(out, minutes, lr=5e-4, patience=8):
     recipe as official files through ``--pretrained_path``) with a fresh learning rate and a
     patient plateau schedule: the first run's halving (patience 2 on 50-step epochs) had cut the
     rate 256-fold while validation was still noisy. Writes ``OUT/mossformer_stage2``."""
-    import tempfile
-
     from speechbrain_ext.convert import mossformer_to_official
     from speechbrain_ext.inference import SeparateMossFormer
 

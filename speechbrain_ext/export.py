@@ -331,7 +331,6 @@ def guess_task(source):
     ('separation', 'enhancement')
     """
     from speechbrain_ext.inference import SeparateMossFormer
-    from speechbrain_ext.inference.enhancement import _ENHANCERS
     from speechbrain_ext.inference.sources import OFFICIAL_REPOS
 
     source = os.fspath(source)
