@@ -369,7 +369,6 @@ def _metadata(interface, kind, extra):
             "speechbrain_ext": speechbrain_ext.__version__, "torch": torch.__version__, **extra}
 
 
-#: Models the exporter cannot translate, and why.
 def _graph_of(interface, streaming):
     """``(module, example inputs, input names, output names, dynamic shapes, metadata)``."""
     rate = int(interface.sample_rate)

@@ -91,7 +91,7 @@ def fbank_with_deltas_as_convolution(wave, sample_rate, win_len, win_inc, num_me
     basis = torch.from_numpy(kaldi_frame_spectrum_basis(win_len)).to(wave)
     spectrum = F.conv1d(wave[:, None], basis[:, None], stride=win_inc)  # [B, 2 * bins, S]
     real, imag = spectrum.chunk(2, dim=1)
-    padded = 1 << (win_len - 1).bit_length()
+    padded = 2 * (real.shape[1] - 1)  # the FFT size the basis was made for
     banks, _ = get_mel_banks(num_mels, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
     banks = F.pad(banks, (0, 1)).to(wave)  # [num_mels, bins]: Kaldi gives the Nyquist bin no band
     energies = F.conv1d(real.square() + imag.square(), banks[:, :, None])  # [B, num_mels, S]

@@ -36,6 +36,7 @@ from speechbrain_ext.lobes.models.mossformer import (
     RotaryEmbedding,
     _token_shift,
 )
+from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
 
 #: The official model's STFT and compression.
 COMPRESSION = 0.3
@@ -477,8 +478,6 @@ class MossFormerGANSE(nn.Module):
         """:meth:`forward`'s analysis, generator and synthesis for ``x`` [B, T] (whole hops, unit
         power) without complex tensors, which ONNX export does not translate: the centred STFT and
         its inverse as convolutions, the compression as ``X * |X| ** (c - 1)``."""
-        from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
-
         frames = dict(win_len=self.win_len, win_inc=self.win_inc, fft_len=self.win_len, window=self.window)
         half = self.win_len // 2
         padded = F.pad(x[:, None], (half, half), mode="reflect")[:, 0]  # center=True
