@@ -49,6 +49,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import soundfile as sf
 
+from speechbrain_ext.synthetic import mix_at_snr
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "recipes")
 RATE = 16000
@@ -278,12 +280,6 @@ def _write(path, signal, rate=RATE):
     sf.write(path, np.asarray(signal, dtype=np.float32), rate, subtype="PCM_16")
 
 
-def _mix_at_snr(clean, noise, snr_db):
-    noise = noise[: len(clean)]
-    gain = np.sqrt(np.mean(clean**2) / (np.mean(noise**2) + 1e-12) / 10 ** (snr_db / 10))
-    return clean + gain * noise
-
-
 # ---- Corpus ----------------------------------------------------------------------------
 def make_corpus(out, workers=2, parts=("dns", "wsj0mix")):
     """Synthesise every utterance (kept when already there: the same seeds make the same files),
@@ -349,7 +345,7 @@ def make_dns(root, by_voice, train_ids, heldout_ids, train_paths, rng):
             kind = HELDOUT_NOISES[index % len(HELDOUT_NOISES)]
             noise = noise_of(kind, len(clean) / RATE + 0.1, rng, None, others)
             snr = float(rng.uniform(0, 10))
-            noisy = _mix_at_snr(clean, noise, snr)
+            noisy = mix_at_snr(clean, noise, snr)[0]
             scale = 10 ** (rng.uniform(-30, -18) / 20) / np.sqrt(np.mean(noisy**2))
             scale = min(scale, 0.95 / np.max(np.abs(noisy)))
             _write(os.path.join(folder, "clean", f"clean_fileid_{fileid}.wav"), clean * scale)
@@ -448,7 +444,7 @@ def ship(out, clip_seconds=3.0):
     utterances = os.path.join(out, "utterances")
     clean, _ = sf.read(os.path.join(utterances, "l04", "l04u020.wav"))  # flite slt (not an enhancement test target)
     clean = clean[: 4 * RATE]
-    noisy = _mix_at_snr(clean, fan(len(clean) / RATE + 0.1, rng), 5.0)
+    noisy = mix_at_snr(clean, fan(len(clean) / RATE + 0.1, rng), 5.0)[0]
     scale = 0.5 / np.max(np.abs(noisy))
     sf.write(os.path.join(EXAMPLES, "noisy.wav"), noisy * scale, RATE, subtype="PCM_16")
     sf.write(os.path.join(EXAMPLES, "noisy_clean.wav"), clean * scale, RATE, subtype="PCM_16")
@@ -581,7 +577,7 @@ def evaluate_real_speech(source):
         audio, rate = sf.read(path)
         clean = librosa.resample(audio.mean(axis=1) if audio.ndim > 1 else audio, orig_sr=rate, target_sr=RATE)
         for kind in ("recorded_unseen", "fan", "pink"):
-            noisy = _mix_at_snr(clean, noise_of(kind, len(clean) / RATE + 0.1, rng, None, None), 5.0)
+            noisy = mix_at_snr(clean, noise_of(kind, len(clean) / RATE + 0.1, rng, None, None), 5.0)[0]
             scale = 0.5 / np.max(np.abs(noisy))
             import torch
 
