@@ -72,6 +72,7 @@ FESTIVAL_TRAIN = ["kal_diphone", "lp_diphone", "pc_diphone", "czech_dita", "czec
 FESTIVAL_HELDOUT = ["ked_diphone", "cmu_us_slt_arctic_hts"]
 
 TRAIN_UTTERANCES, HELDOUT_UTTERANCES = 40, 24
+NOISE_FILES_PER_TYPE = 40  # 20 s each
 # Noise types: generated (coloured, hum, clicks, tonal alarms/sirens/bells), babble, and the
 # recorded sounds that ship with Debian, split by sound: training hears half of them, the test the
 # other half. Held out entirely: fan/engine noise, and babble of the held-out voices.
@@ -354,6 +355,13 @@ def make_dns(root, by_voice, train_ids, heldout_ids, train_paths, rng):
             fileid += 1
     with open(os.path.join(root, "heldout.json"), "w", encoding="utf-8") as stream:
         json.dump(meta, stream, indent=1)
+    # More training noise of every type (first made with 8 per type), from a stream of its own
+    # so that the held-out test set above stays the same file for file.
+    extra = np.random.default_rng([SEED, 3])
+    for kind in TRAIN_NOISES:
+        for index in range(8, NOISE_FILES_PER_TYPE):
+            _write(os.path.join(datasets, "noise", f"{kind}_{index:03d}.wav"),
+                   noise_of(kind, 20.0, extra, train_paths, None))
 
 
 def make_wsj0mix(out, by_voice, train_ids, heldout_ids, rng):
@@ -483,41 +491,45 @@ def train_mossformer(out, minutes):
     subprocess.run(command, cwd=os.path.join(RECIPES, "WSJ0Mix", "separation"), check=True)
 
 
-def continue_frcrn(out, minutes, lr=5e-4):
-    """A second stage from the first run's best weights (``OUT/frcrn/model``, passed to the
-    recipe as official files through ``--pretrained_path``), on the current DNS folder. Writes
-    ``OUT/frcrn_stage2``."""
+def continue_frcrn(out, minutes, lr=5e-4, start=None, output="frcrn_stage2"):
+    """A further stage from a trained model's weights (``start``, default the first run's best,
+    ``OUT/frcrn/model``; passed to the recipe as official files through ``--pretrained_path``),
+    on the current DNS folder. Writes ``OUT/<output>``."""
     import torch
 
     from speechbrain_ext.convert import frcrn_to_official
     from speechbrain_ext.inference import EnhanceFRCRN
 
-    first = EnhanceFRCRN.from_hparams(source=os.path.join(out, "frcrn", "model"), savedir=tempfile.mkdtemp())
-    weights = os.path.join(out, "frcrn_stage1_official.bin")
+    start = start or os.path.join(out, "frcrn", "model")
+    first = EnhanceFRCRN.from_hparams(source=os.path.abspath(start), savedir=tempfile.mkdtemp())
+    weights = os.path.join(out, f"{output}_start_official.bin")
     torch.save(frcrn_to_official(first.mods.model), weights)
-    train_frcrn(out, minutes, output="frcrn_stage2",
+    train_frcrn(out, minutes, output=output,
                 extra=["--pretrained_path", weights, "--finetune_lr", str(lr)])
 
 
-def continue_mossformer(out, minutes, lr=5e-4, patience=8):
-    """A second stage from the first run's best weights (``OUT/mossformer/model``, passed to the
-    recipe as official files through ``--pretrained_path``) with a fresh learning rate and a
-    patient plateau schedule: the first run's halving (patience 2 on 50-step epochs) had cut the
-    rate 256-fold while validation was still noisy. Writes ``OUT/mossformer_stage2``."""
+def continue_mossformer(out, minutes, lr=5e-4, patience=8, start=None, output="mossformer_stage2",
+                        speed_perturb=False):
+    """A further stage from a trained model's weights (``start``, default the first run's best,
+    ``OUT/mossformer/model``; passed to the recipe as official files through
+    ``--pretrained_path``) with a fresh learning rate and a patient plateau schedule: the first
+    run's halving (patience 2 on 50-step epochs) had cut the rate 256-fold while validation was
+    still noisy. ``speed_perturb``: each source at 95/100/105 % speed (new pitch and tempo: more
+    voices). Writes ``OUT/<output>``."""
     from speechbrain_ext.convert import mossformer_to_official
     from speechbrain_ext.inference import SeparateMossFormer
 
-    first = SeparateMossFormer.from_hparams(source=os.path.join(out, "mossformer", "model"),
-                                            savedir=tempfile.mkdtemp())
-    weights = os.path.join(out, "mossformer_stage1_official")
+    start = start or os.path.join(out, "mossformer", "model")
+    first = SeparateMossFormer.from_hparams(source=os.path.abspath(start), savedir=tempfile.mkdtemp())
+    weights = os.path.join(out, f"{output}_start_official")
     mossformer_to_official(first.mods, weights, sample_rate=8000)
     command = [sys.executable, "train.py", "hparams/mossformer_small.yaml",
                "--data_folder", os.path.join(out, "wsj0-mix", "2speakers"),
-               "--output_folder", os.path.join(out, "mossformer_stage2"), "--max_train_minutes", str(minutes),
+               "--output_folder", os.path.join(out, output), "--max_train_minutes", str(minutes),
                "--pretrained_path", weights, "--finetune_lr", str(lr), "--lr_scheduler", f"{{patience: {patience}}}",
                "--dynamic_mixing", "True", "--base_folder_dm", os.path.join(out, "dm8k"),
                "--segment_seconds", "2.0", "--batch_size", "4", "--num_workers", "0", "--number_of_epochs", "100000",
-               "--use_speedperturb", "False", "--ckpt_interval_minutes", "5", "--n_audio_to_save", "3",
+               "--use_speedperturb", str(speed_perturb), "--ckpt_interval_minutes", "5", "--n_audio_to_save", "3",
                "--noprogressbar"]
     subprocess.run(command, cwd=os.path.join(RECIPES, "WSJ0Mix", "separation"), check=True)
 
@@ -655,6 +667,9 @@ def main(argv=None):
                         help="corpus: the folders to (re)write (default: both)")
     parser.add_argument("--frcrn", help="enhancement model folder to evaluate (default: OUT/frcrn/model; none: skip)")
     parser.add_argument("--mossformer", help="separation model folder to evaluate (default: OUT/mossformer/model; none: skip)")
+    parser.add_argument("--start", help="continue-*: the model folder to start from (default: OUT/<model>/model)")
+    parser.add_argument("--output", help="continue-*: the run's folder name under OUT (default: <model>_stage2)")
+    parser.add_argument("--speed-perturb", action="store_true", help="continue-mossformer: speed-perturb the sources")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
     if args.step == "corpus":
@@ -664,9 +679,10 @@ def main(argv=None):
     elif args.step == "train-mossformer":
         train_mossformer(out, args.minutes)
     elif args.step == "continue-frcrn":
-        continue_frcrn(out, args.minutes)
+        continue_frcrn(out, args.minutes, start=args.start, output=args.output or "frcrn_stage2")
     elif args.step == "continue-mossformer":
-        continue_mossformer(out, args.minutes)
+        continue_mossformer(out, args.minutes, start=args.start, output=args.output or "mossformer_stage2",
+                            speed_perturb=args.speed_perturb)
     elif args.step == "ship":
         ship(out)
     else:
