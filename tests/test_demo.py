@@ -33,8 +33,9 @@ def _clips(folder, *roles):
 
 def test_demo_frcrn_on_held_out_voices_and_noises():
     # One clip per held-out voice, the held-out noise types taking turns. What the card reports,
-    # less a margin: fan noise is removed (+4.9..+6.5 dB, more intelligible), unseen babble and
-    # unseen recorded sounds barely (-0.9..+1.6 dB); on average it helps and keeps STOI.
+    # less a margin: fan noise is removed (+4.7..+6.8 dB, STOI -0.005..+0.03), unseen recorded
+    # sounds partly (-1.5..+8.1 dB), unseen babble barely (-1.3..+1.7 dB, STOI down to -0.03);
+    # on average +3.0 dB with STOI within 0.003 of the input.
     enhancer = EnhanceFRCRN.from_hparams(source=os.path.join(CARDS_DIR, DEMO_CARDS["enhancement"]))
     improvements, stoi_noisy, stoi_enhanced = [], [], []
     for name, (clean, noisy) in _clips("heldout_enhancement", "clean", "noisy").items():
@@ -43,9 +44,9 @@ def test_demo_frcrn_on_held_out_voices_and_noises():
         stoi_noisy.append(stoi(clean, noisy, 16000))
         stoi_enhanced.append(stoi(clean, enhanced, 16000))
         if "_fan" in name:
-            assert improvements[-1] >= 4.0 and stoi_enhanced[-1] >= stoi_noisy[-1], name
+            assert improvements[-1] >= 4.0 and stoi_enhanced[-1] >= stoi_noisy[-1] - 0.01, name
     assert len(improvements) == 9
-    assert np.mean(improvements) >= 1.5, improvements
+    assert np.mean(improvements) >= 2.0, improvements
     assert np.mean(stoi_enhanced) >= np.mean(stoi_noisy) - 0.005, (stoi_noisy, stoi_enhanced)
 
 
@@ -72,5 +73,5 @@ def test_demo_mossformer_separates_held_out_voices():
             np.mean([si_snr(estimates[e], sources[s]) - si_snr(mixture, sources[s]) for s, e in enumerate(order)])
             for order in ((0, 1), (1, 0))
         ))
-    # Four mixtures of held-out voices, -1.0..+10.8 dB (mean 5.2): the card's +4.7 dB on 45.
-    assert len(improvements) == 4 and np.mean(improvements) >= 4.0, improvements
+    # Four mixtures of held-out voices, +5.1..+11.9 dB (mean 8.3): the card's +5.9 dB on 45.
+    assert len(improvements) == 4 and np.mean(improvements) >= 6.0, improvements
