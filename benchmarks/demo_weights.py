@@ -72,7 +72,7 @@ FESTIVAL_TRAIN = ["kal_diphone", "lp_diphone", "pc_diphone", "czech_dita", "czec
 FESTIVAL_HELDOUT = ["ked_diphone", "cmu_us_slt_arctic_hts"]
 
 TRAIN_UTTERANCES, HELDOUT_UTTERANCES = 40, 24
-NOISE_FILES_PER_TYPE = 40  # 20 s each
+FIRST_NOISE_FILES, NOISE_FILES_PER_TYPE = 8, 40  # per training noise type, 20 s each
 # Noise types: generated (coloured, hum, clicks, tonal alarms/sirens/bells), babble, and the
 # recorded sounds that ship with Debian, split by sound: training hears half of them, the test the
 # other half. Held out entirely: fan/engine noise, and babble of the held-out voices.
@@ -330,7 +330,7 @@ def make_dns(root, by_voice, train_ids, heldout_ids, train_paths, rng):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copyfile(path, target)
     for kind in TRAIN_NOISES:
-        for index in range(8):
+        for index in range(FIRST_NOISE_FILES):
             _write(os.path.join(datasets, "noise", f"{kind}_{index:03d}.wav"),
                    noise_of(kind, 20.0, rng, train_paths, None))
     for index in range(60):
@@ -355,11 +355,11 @@ def make_dns(root, by_voice, train_ids, heldout_ids, train_paths, rng):
             fileid += 1
     with open(os.path.join(root, "heldout.json"), "w", encoding="utf-8") as stream:
         json.dump(meta, stream, indent=1)
-    # More training noise of every type (first made with 8 per type), from a stream of its own
-    # so that the held-out test set above stays the same file for file.
+    # The rest of the training noise, from a stream of its own so that the held-out test set
+    # above (drawn right after the first files) stays the same file for file.
     extra = np.random.default_rng([SEED, 3])
     for kind in TRAIN_NOISES:
-        for index in range(8, NOISE_FILES_PER_TYPE):
+        for index in range(FIRST_NOISE_FILES, NOISE_FILES_PER_TYPE):
             _write(os.path.join(datasets, "noise", f"{kind}_{index:03d}.wav"),
                    noise_of(kind, 20.0, extra, train_paths, None))
 

@@ -145,18 +145,16 @@ def causal_filter(x, filters, dim, matrix_filter=True):
         toeplitz = F.pad(filters, (0, 1))[:, torch.where((lag >= 0) & (lag < order), lag, order)]
         return torch.matmul(toeplitz, x) if dim == 2 else torch.matmul(x, toeplitz.transpose(1, 2))
     taps = order - 1
+    kernel = filters[:, None, :, None] if dim == 2 else filters[:, None, None, :]
     if torch.is_grad_enabled() and (x.requires_grad or filters.requires_grad):
         # Training: pad the past only and convolve without padding. The copy costs less than
         # the backward of a convolution padded on both ends (2x slower on CPU: 102 against
         # 48 ms for FRCRN's [2, 512, 159, 50] at 1 s).
-        padding = (0, 0, taps, 0) if dim == 2 else (taps, 0)
-        kernel = filters[:, None, :, None] if dim == 2 else filters[:, None, None, :]
-        return F.conv2d(F.pad(x, padding), kernel, groups=channels)
+        return F.conv2d(F.pad(x, (0, 0, taps, 0) if dim == 2 else (taps, 0)), kernel, groups=channels)
     # Inference: pad both ends inside the convolution (cheaper than F.pad, which copies the
     # map) and keep the first outputs, which saw only left context.
-    if dim == 2:
-        return F.conv2d(x, filters[:, None, :, None], padding=(taps, 0), groups=channels)[:, :, :length]
-    return F.conv2d(x, filters[:, None, None, :], padding=(0, taps), groups=channels)[..., :length]
+    padding = (taps, 0) if dim == 2 else (0, taps)
+    return F.conv2d(x, kernel, padding=padding, groups=channels).narrow(dim, 0, length)
 
 
 def _fuse_memory(blocks, parts):
