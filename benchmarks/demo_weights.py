@@ -670,6 +670,7 @@ def main(argv=None):
     parser.add_argument("--start", help="continue-*: the model folder to start from (default: OUT/<model>/model)")
     parser.add_argument("--output", help="continue-*: the run's folder name under OUT (default: <model>_stage2)")
     parser.add_argument("--speed-perturb", action="store_true", help="continue-mossformer: speed-perturb the sources")
+    parser.add_argument("--lr", type=float, default=5e-4, help="continue-*: the starting learning rate (default: %(default)s)")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
     if args.step == "corpus":
@@ -679,9 +680,9 @@ def main(argv=None):
     elif args.step == "train-mossformer":
         train_mossformer(out, args.minutes)
     elif args.step == "continue-frcrn":
-        continue_frcrn(out, args.minutes, start=args.start, output=args.output or "frcrn_stage2")
+        continue_frcrn(out, args.minutes, lr=args.lr, start=args.start, output=args.output or "frcrn_stage2")
     elif args.step == "continue-mossformer":
-        continue_mossformer(out, args.minutes, start=args.start, output=args.output or "mossformer_stage2",
+        continue_mossformer(out, args.minutes, lr=args.lr, start=args.start, output=args.output or "mossformer_stage2",
                             speed_perturb=args.speed_perturb)
     elif args.step == "ship":
         ship(out)

@@ -4,15 +4,18 @@ One training step is what the recipes run per batch: forward, the official loss,
 Adam step. FRCRN's loss is the official 'Mix' loss (``FRCRN.loss`` of the reference,
 :func:`speechbrain_ext.lobes.models.frcrn.frcrn_loss` for ours); MossFormer's is SpeechBrain's
 permutation-invariant SI-SNR (``get_si_snr_with_pitwrapper``), as both training codes use. Both
-models get identical weights and identical batches; the two implementations alternate within one
-process (so machine noise affects both alike) and the fastest of ``--repeats`` steps is reported.
-Peak RSS is measured in a subprocess per implementation and input (two steps, counted after the
-other implementation's model is freed), so that it is that model's own (Linux).
+models get identical weights and identical batches. Each implementation runs in processes of its
+own, as its training code runs it: ours inside :func:`speechbrain_ext.memory.recycled_memory`, as
+``RecipeBrain.fit`` runs every recipe (freed pages are reused from step to step instead of being
+faulted in again), the reference with the allocator's defaults. Processes alternate (reference,
+ours, ours, reference, ...) so that machine noise reaches both alike; each runs a warm-up step and
+``--repeats`` timed steps, and the fastest step is reported, with the largest peak RSS (counted
+after the other implementation's model is freed, so that it is that model's own; Linux).
 
 Usage::
 
     python benchmarks/train_speed.py                      # both models, two lengths each
-    python benchmarks/train_speed.py --models frcrn --repeats 5
+    python benchmarks/train_speed.py --models frcrn --rounds 4
 
 Prints a markdown table.
 """
@@ -111,67 +114,72 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _rss_worker(model, implementation, batch, seconds, threads):
+def _worker(model, implementation, batch, seconds, steps, threads):
+    """One implementation's training steps in this process, as its training code runs them:
+    ours inside :func:`~speechbrain_ext.memory.recycled_memory` (as ``RecipeBrain.fit``), the
+    reference with the allocator's defaults. Prints the step times and the peak RSS as JSON."""
+    from speechbrain_ext.memory import recycled_memory
+
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as workdir:
-        steps = build_pair(model, workdir)
-        step = steps.pop(implementation)
-        steps.clear()  # the other implementation's model and optimizer
+        pair = build_pair(model, workdir)
+        step = pair.pop(implementation)
+        pair.clear()  # the other implementation's model and optimizer
         gc.collect()
         inputs, targets = make_batch(model, batch, seconds)
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
-            refs.write("5")  # reset VmHWM: count from here, with one model in memory
-        step(inputs, targets)
-        step(inputs, targets)
-    print(json.dumps({"peak_mb": _peak_rss_mb()}))
+        if os.path.exists("/proc/self/clear_refs"):
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+                refs.write("5")  # reset VmHWM: count from here, with one model in memory
+        times = []
+        with recycled_memory(enabled=implementation == "ours"):
+            step(inputs, targets)  # warm-up: allocations and kernel choice
+            for _ in range(steps):
+                start = time.perf_counter()
+                step(inputs, targets)
+                times.append(time.perf_counter() - start)
+    print(json.dumps({"times": times, "peak_mb": _peak_rss_mb()}))
 
 
-def peak_rss(model, implementation, batch, seconds, threads):
-    command = [sys.executable, __file__, "--rss-worker", model, implementation, str(batch), str(seconds),
-               "--threads", str(threads)]
+def run_worker(model, implementation, batch, seconds, steps, threads):
+    command = [sys.executable, __file__, "--worker", model, implementation, str(batch), str(seconds),
+               "--repeats", str(steps), "--threads", str(threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(INPUTS), default=["frcrn", "mossformer"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="timed steps per process (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="processes per implementation and input, in the order ABBA...")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
-    parser.add_argument("--rss-worker", nargs=4, metavar=("MODEL", "IMPL", "BATCH", "SECONDS"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("MODEL", "IMPL", "BATCH", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rss_worker:
-        model, implementation, batch, seconds = args.rss_worker
-        return _rss_worker(model, implementation, int(batch), float(seconds), args.threads)
+    if args.worker:
+        model, implementation, batch, seconds = args.worker
+        return _worker(model, implementation, int(batch), float(seconds), args.repeats, args.threads)
 
-    torch.set_num_threads(args.threads)
     rows = []
     for model in args.models:
-        with tempfile.TemporaryDirectory() as workdir:
-            steps = build_pair(model, workdir)
-            for batch, seconds in INPUTS[model]:
-                inputs, targets = make_batch(model, batch, seconds)
-                times = {name: [] for name in steps}
-                for name, step in steps.items():  # warm-up: allocations and kernel choice
-                    step(inputs, targets)
-                for _ in range(args.repeats):
-                    for name, step in steps.items():
-                        start = time.perf_counter()
-                        step(inputs, targets)
-                        times[name].append(time.perf_counter() - start)
-                ref, ours = min(times["reference"]), min(times["ours"])
-                rss = "" if args.no_rss else " | ".join(
-                    f"{peak_rss(model, name, batch, seconds, args.threads):.0f} MB" for name in ("reference", "ours"))
-                rows.append(f"| {model} | B={batch}, {seconds:g} s | {ref:.2f} s | {ours:.2f} s | "
-                            f"{ours / ref:.2f} |" + (f" {rss} |" if rss else ""))
-                print(rows[-1], file=sys.stderr, flush=True)
+        for batch, seconds in INPUTS[model]:
+            times, peaks = {"reference": [], "ours": []}, {"reference": [], "ours": []}
+            for round_ in range(args.rounds):
+                order = ("reference", "ours") if round_ % 2 == 0 else ("ours", "reference")
+                for name in order:
+                    result = run_worker(model, name, batch, seconds, args.repeats, args.threads)
+                    times[name] += result["times"]
+                    peaks[name].append(result["peak_mb"])
+            ref, ours = min(times["reference"]), min(times["ours"])
+            rows.append(f"| {model} | B={batch}, {seconds:g} s | {ref:.2f} s | {ours:.2f} s | {ours / ref:.2f} | "
+                        f"{max(peaks['reference']):.0f} MB | {max(peaks['ours']):.0f} MB |")
+            print(rows[-1], file=sys.stderr, flush=True)
     print(f"Training step (forward + official loss + backward + Adam), official sizes, random weights; "
           f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{args.threads} threads, fastest of {args.repeats} alternating steps\n")
-    header = "| model | batch | reference | ours | ours/ref |"
-    print(header + ("" if args.no_rss else " reference peak RSS | ours peak RSS |"))
-    print("|---|---|---|---|---|" + ("" if args.no_rss else "---|---|"))
+          f"{args.threads} threads, fastest of {args.rounds * args.repeats} steps per implementation "
+          f"({args.rounds} processes each, alternating, one warm-up step each)\n")
+    print("| model | batch | reference | ours | ours/ref | reference peak RSS | ours peak RSS |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

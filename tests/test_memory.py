@@ -78,3 +78,17 @@ def test_fused_models_recycle_and_training_does_not():
     masknet = MossFormerMaskNet(16, 16, num_blocks=1, group_size=8, query_key_dim=8)
     assert masknet.fuse_for_inference().recycles_memory
     assert not masknet.train().recycles_memory
+
+
+def test_recipe_training_runs_in_recycled_memory(monkeypatch):
+    """RecipeBrain.fit (every recipe's training) keeps freed pages for the whole run and gives
+    them back when it returns."""
+    import speechbrain as sb
+
+    from speechbrain_ext.training.brain import RecipeBrain
+
+    seen = []
+    monkeypatch.setattr(sb.Brain, "fit", lambda self, *args, **kwargs: seen.append((memory._active, args)))
+    RecipeBrain.fit(RecipeBrain.__new__(RecipeBrain), "epochs", "train", "valid")
+    assert seen == [(1, ("epochs", "train", "valid"))]
+    assert memory._active == 0

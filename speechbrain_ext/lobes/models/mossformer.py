@@ -30,6 +30,7 @@ from speechbrain.lobes.models.dual_path import Decoder, Encoder, select_norm
 
 from speechbrain_ext.lobes.models.masking import encode_mask_decode
 from speechbrain_ext.memory import recycled_memory
+from speechbrain_ext.nnet.dropout import Dropout
 
 # Kernel of the depthwise convolutions inside every projection of a MossFormer block.
 CONV_KERNEL_SIZE = 17
@@ -330,7 +331,7 @@ class ConvFeedForward(nn.Module):
         self.eps = eps
         self.linear = nn.Linear(input_size, output_size)
         self.conv = DepthwiseTimeConv(output_size, kernel_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x):
         """Maps [B, L, input_size] to [B, L, output_size]."""
@@ -526,7 +527,7 @@ class MossFormerBlock(nn.Module):
         self.qk_bias = nn.Parameter(torch.zeros(4, query_key_dim))
         nn.init.normal_(self.qk_gain, std=0.02)
         self.to_out = ConvFeedForward(hidden_size // 2, d_model, dropout=dropout)
-        self.attention_dropout = nn.Dropout(dropout)
+        self.attention_dropout = Dropout(dropout)
         #: Set by :meth:`MossFormerMaskNet.fuse_for_inference`: gate in place (no autograd then).
         self.inplace_gating = False
 

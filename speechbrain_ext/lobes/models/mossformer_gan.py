@@ -36,6 +36,7 @@ from speechbrain_ext.lobes.models.mossformer import (
     RotaryEmbedding,
     _token_shift,
 )
+from speechbrain_ext.nnet.dropout import Dropout
 from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
 
 #: The official model's STFT and compression.
@@ -147,7 +148,7 @@ class GridMossFormer(nn.Module):
         self.qk_bias = nn.Parameter(torch.zeros(4, query_key_dim))
         self.rotary = RotaryEmbedding(min(32, query_key_dim))
         self.to_out = ConvFeedForward(hidden_size // 2, d_model, kernel_size=31, dropout=dropout, norm="layer")
-        self.attention_dropout = nn.Dropout(dropout)
+        self.attention_dropout = Dropout(dropout)
 
     def forward(self, grid):
         batch, rows, length, channels = grid.shape
