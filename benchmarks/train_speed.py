@@ -143,7 +143,9 @@ def _worker(model, implementation, batch, seconds, steps, threads):
 def run_worker(model, implementation, batch, seconds, steps, threads):
     command = [sys.executable, __file__, "--worker", model, implementation, str(batch), str(seconds),
                "--repeats", str(steps), "--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -22,6 +22,15 @@ def test_keeps_each_element_with_probability_one_minus_p_and_scales(inplace):
     assert (kept != (again != 0)).float().mean() > 0.3
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_rate_is_exact_in_every_precision(dtype):
+    """bfloat16 noise would keep 230/256 = 0.898 of the elements at p=0.1, not 0.9."""
+    torch.manual_seed(2)
+    y = Dropout(0.1).train()(torch.ones(1000, 1000, dtype=dtype))
+    assert y.dtype == dtype
+    assert abs((y != 0).double().mean().item() - 0.9) < 0.001  # 10^6 draws: sd 0.0003
+
+
 def test_gradient_is_the_mask_times_the_scale():
     torch.manual_seed(1)
     x = torch.randn(64, 300, requires_grad=True)

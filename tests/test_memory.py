@@ -80,15 +80,18 @@ def test_fused_models_recycle_and_training_does_not():
     assert not masknet.train().recycles_memory
 
 
-def test_recipe_training_runs_in_recycled_memory(monkeypatch):
-    """RecipeBrain.fit (every recipe's training) keeps freed pages for the whole run and gives
-    them back when it returns."""
+def test_recipe_training_runs_in_recycled_memory_on_cpu(monkeypatch):
+    """RecipeBrain.fit (every recipe's training) keeps freed pages for the whole run on CPU,
+    gives them back when it returns, and leaves the allocator alone on accelerators."""
     import speechbrain as sb
 
     from speechbrain_ext.training.brain import RecipeBrain
 
     seen = []
     monkeypatch.setattr(sb.Brain, "fit", lambda self, *args, **kwargs: seen.append((memory._active, args)))
-    RecipeBrain.fit(RecipeBrain.__new__(RecipeBrain), "epochs", "train", "valid")
-    assert seen == [(1, ("epochs", "train", "valid"))]
+    for device_type in ("cpu", "cuda"):
+        brain = RecipeBrain.__new__(RecipeBrain)
+        brain.device_type = device_type
+        brain.fit("epochs", "train", "valid")
+    assert seen == [(1, ("epochs", "train", "valid")), (0, ("epochs", "train", "valid"))]
     assert memory._active == 0

@@ -2,7 +2,8 @@
 
 ``torch.nn.Dropout`` draws its mask with ``bernoulli_``, which on CPU costs more than drawing
 uniform noise and comparing it with the rate: forward and backward of a [1, 999, 2048] map (a
-MossFormer block's widest) take 15.1 against 11.4 ms on 2 threads. Over the 96 dropouts of a
+MossFormer block's widest) take 15.1 against 11.4 ms (measured on 2 threads; ``rand`` draws on one
+thread, so on machines with many cores the difference may shrink). Over the 96 dropouts of a
 MossFormer training step at 1 s that is about 0.1 s of 4.3 s (estimated from the per-call
 times; a whole step varies more than that from run to run).
 
@@ -48,9 +49,11 @@ class Dropout(nn.Dropout):
         """Drops elements of ``x`` (any shape) in training; returns it unchanged in eval."""
         if not self.training or x.device.type != "cpu" or self.p in (0.0, 1.0):
             return super().forward(x)
-        keep = torch.rand_like(x) >= self.p
-        # Multiply by the boolean mask (the backward keeps 1 byte per element, as
-        # nn.Dropout's does), then scale in place.
+        # Half-precision noise has 8-11 bits: draw in float32, so that p is not rounded.
+        noise_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        keep = torch.rand(x.shape, dtype=noise_dtype, device=x.device) >= self.p
+        # Multiply by the boolean mask (the backward keeps 1 byte per element; nn.Dropout's
+        # CPU route keeps a mask of x's dtype), then scale in place.
         if self.inplace:
             return x.mul_(keep).mul_(1.0 / (1.0 - self.p))
         return x.mul(keep).mul_(1.0 / (1.0 - self.p))

@@ -34,7 +34,7 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from speechbrain.utils.distributed import ddp_broadcast, get_rank, if_main_process, main_process_only
 from torch.nn.parallel import DistributedDataParallel
 
-from speechbrain_ext.memory import recycled_memory
+from speechbrain_ext.memory import recycled_memory, release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +149,12 @@ class RecipeBrain(sb.Brain):
     hands per-item quality scores to :meth:`record_scores`. The rest is here:
 
     - Every checkpoint gets a completeness marker, written last (:class:`CompletenessMarker`).
-    - :meth:`fit` runs in :func:`speechbrain_ext.memory.recycled_memory`: a training step
-      allocates and frees the same large maps as the step before, and reusing their pages
-      instead of faulting them in again makes a CPU step 5-10 % faster (MossFormer 1 s:
-      4.4 against 3.9 s, FRCRN 3.2 against 3.0 s).
+    - On CPU, :meth:`fit` runs in :func:`speechbrain_ext.memory.recycled_memory`: a training
+      step allocates and frees the same large maps as the step before, and reusing their
+      pages instead of faulting them in again made steady steps faster (MossFormer at 1 s:
+      3.9 s against 4.4-4.6 s; FRCRN, B=2 at 1 s: 3.0 against 3.2 s). What the process holds
+      freed is given back after each validation. DataLoader workers forked meanwhile inherit
+      the setting: they keep their own (small) peak heap until they exit.
     - Multi-process runs on CPU (gloo) wrap the modules in DDP without SpeechBrain's
       SyncBatchNorm conversion, which only runs on accelerators: batch norms keep
       per-process statistics there.
@@ -187,8 +189,8 @@ class RecipeBrain(sb.Brain):
                 self.modules[name] = DistributedDataParallel(module, find_unused_parameters=self.find_unused_parameters)
 
     def fit(self, *args, **kwargs):
-        """:meth:`speechbrain.Brain.fit`, keeping freed memory for reuse until it returns."""
-        with recycled_memory():
+        """:meth:`speechbrain.Brain.fit`, on CPU keeping freed memory for reuse until it returns."""
+        with recycled_memory(enabled=self.device_type == "cpu"):
             return super().fit(*args, **kwargs)
 
     # ---- losses and steps ----------------------------------------------------------------
@@ -268,6 +270,7 @@ class RecipeBrain(sb.Brain):
             self.train_steps = self.step
         elif stage == sb.Stage.VALID:
             self.end_validation(epoch, stage_loss, stats)
+            release_free_memory()  # whole utterances: larger maps than the training steps'
 
     @main_process_only
     def record_history(self, entry):
