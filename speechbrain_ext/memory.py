@@ -93,7 +93,7 @@ def recycled_memory(enabled=True):
                 libc.mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
                 libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_CEILING)
                 libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_CEILING)
-                libc.malloc_trim(0)
+                release_free_memory()
 
 
 def release_free_memory():

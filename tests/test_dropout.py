@@ -53,4 +53,3 @@ def test_mossformer_draws_its_dropout_masks_with_it():
     model = MossFormer(in_channels=16, out_channels=16, d_model=16, num_blocks=1, group_size=8, query_key_dim=8)
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert dropouts and all(type(m) is Dropout for m in dropouts)
-

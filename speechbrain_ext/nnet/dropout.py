@@ -54,6 +54,5 @@ class Dropout(nn.Dropout):
         keep = torch.rand(x.shape, dtype=noise_dtype, device=x.device) >= self.p
         # Multiply by the boolean mask (the backward keeps 1 byte per element; nn.Dropout's
         # CPU route keeps a mask of x's dtype), then scale in place.
-        if self.inplace:
-            return x.mul_(keep).mul_(1.0 / (1.0 - self.p))
-        return x.mul(keep).mul_(1.0 / (1.0 - self.p))
+        kept = x.mul_(keep) if self.inplace else x.mul(keep)
+        return kept.mul_(1.0 / (1.0 - self.p))
