@@ -347,3 +347,24 @@ def test_training_gradients_match_reference():
         checked += 1
     assert checked > 250
     assert worst <= TOLERANCE, f"largest gradient difference {worst:.2e} of the gradient's scale"
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("length", [1, 4, 9, 16])  # shorter than the filter, as long, up to the matrix route's end
+def test_causal_filter_matrix_route_equals_the_convolution_with_gradients(dim, length):
+    """FSMN memory filters: the banded-Toeplitz product (short sequences) gives the causal
+    convolution's output and gradients."""
+    from speechbrain_ext.nnet.fsmn import causal_filter
+
+    x = torch.randn(2, 3, 16, 16, dtype=torch.double)
+    x = x.narrow(dim, 0, length).contiguous()
+    filters = torch.randn(3, 4, dtype=torch.double)
+    upstream = torch.randn_like(x)
+    results = []
+    for matrix_filter in (True, False):
+        inputs, taps = x.clone().requires_grad_(), filters.clone().requires_grad_()
+        out = causal_filter(inputs, taps, dim, matrix_filter=matrix_filter)
+        out.backward(upstream)
+        results.append((out.detach(), inputs.grad, taps.grad))
+    for matrix, convolution in zip(*results):
+        torch.testing.assert_close(matrix, convolution, rtol=1e-12, atol=1e-12)

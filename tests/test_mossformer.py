@@ -357,3 +357,43 @@ def test_training_gradients_match_reference_for_every_parameter(tmp_path):
             checked += 1
     assert checked == sum(1 for p in ours.parameters() if p.requires_grad)
     assert worst <= 1e-4, f"largest gradient difference {worst:.2e} of the gradient's scale"
+
+
+@pytest.mark.parametrize("length, batch", [(20, 2), (16, 1), (5, 3)])  # whole groups + a tail; whole; tail only
+def test_training_attention_route_equals_autograd_route_with_dropout(monkeypatch, length, batch):
+    """The block's hand-written training backward (:class:`_GatedJointAttention`) gives autograd's
+    output and gradients, dropout masks included (same seed: the same masks)."""
+    block = mossformer_module.MossFormerBlock(d_model=16, group_size=8, query_key_dim=8, dropout=0.3).double().train()
+    rotation = mossformer_module.RotaryEmbedding(dim=8).double()(length)
+    x = torch.randn(batch, length, 16, dtype=torch.double, generator=torch.Generator().manual_seed(3))
+    upstream = torch.randn(batch, length, 16, dtype=torch.double, generator=torch.Generator().manual_seed(4))
+    calls = []
+    fused_apply = mossformer_module._GatedJointAttention.apply
+    monkeypatch.setattr(mossformer_module._GatedJointAttention, "apply", lambda *a: calls.append(1) or fused_apply(*a))
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(mossformer_module, "_use_gated_joint_attention", lambda hidden, causal: False)
+        block.zero_grad()
+        inputs = x.clone().requires_grad_()
+        torch.manual_seed(11)
+        out = block(inputs, rotation)
+        out.backward(upstream)
+        results.append([out.detach(), inputs.grad] + [p.grad.clone() for p in block.parameters() if p.requires_grad])
+    assert calls == [1]  # the first pass took the hand-written route, the second autograd's
+    for ours, autograd in zip(*results):
+        torch.testing.assert_close(ours, autograd, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("length", [1, 3, 8, 40])  # shorter than the kernel's half, than the kernel, longer
+def test_depthwise_time_convolution_gradients_equal_conv1d(length):
+    """The time-major depthwise convolution's hand-written backward equals autograd's F.conv1d."""
+    conv = mossformer_module.DepthwiseTimeConv(6, kernel_size=17).double()
+    x = torch.randn(2, length, 6, dtype=torch.double, requires_grad=True)
+    upstream = torch.randn(2, length, 6, dtype=torch.double)
+    conv(x).backward(upstream)
+    weight = conv.weight.detach().clone().requires_grad_()
+    plain_x = x.detach().clone().requires_grad_()
+    F.conv1d(plain_x.transpose(1, 2), weight, padding=8, groups=6).transpose(1, 2).backward(upstream)
+    torch.testing.assert_close(x.grad, plain_x.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(conv.weight.grad, weight.grad, rtol=1e-12, atol=1e-12)

@@ -113,6 +113,22 @@ def _memory_residual(x, blocks, parts, matrix_filter=True):
 MATRIX_FILTER_FACTOR = 4
 
 
+def _banded_toeplitz(filters, length):
+    """``[C, L, L]`` with ``[c, i, j] = filters[c, j - i + K - 1]`` for ``i - K < j <= i``, else 0.
+
+    Row ``i`` is row ``i - 1`` moved one column right: one period ``[filters, L zeros]``
+    repeated and read with a row length one shorter than the period shifts every row by one.
+    Repeat, view and slice have cheap backwards (a sum over the repeats); building the matrix
+    by indexing would scatter its gradient back element by element (FRCRN's [512, 78, 78]
+    matrices, forward + backward with their product: 21 against 33 ms).
+    """
+    channels, order = filters.shape
+    period = F.pad(filters, (0, length))  # [C, K + L]
+    rows = period.repeat(1, length)[:, : length * (order + length - 1)]
+    shifted = rows.view(channels, length, order + length - 1)  # row i: i zeros, filters, zeros
+    return shifted[:, :, order - 1 :]
+
+
 def causal_filter(x, filters, dim, matrix_filter=True):
     """Filter every channel of ``x`` [B, C, F, T] along ``dim`` (2 or 3) with its causal FIR.
 
@@ -139,10 +155,7 @@ def causal_filter(x, filters, dim, matrix_filter=True):
     length = x.shape[dim]
     # (Exporting, the length may be symbolic: no branch on it.)
     if matrix_filter and not torch.compiler.is_exporting() and length <= MATRIX_FILTER_FACTOR * order:
-        # toeplitz[c, i, j] = filters[c, j - i + K - 1] for i - K < j <= i, else 0 (slot K).
-        lag = torch.arange(length, device=x.device)[None, :] - torch.arange(length, device=x.device)[:, None]
-        lag = lag + order - 1
-        toeplitz = F.pad(filters, (0, 1))[:, torch.where((lag >= 0) & (lag < order), lag, order)]
+        toeplitz = _banded_toeplitz(filters, length)
         return torch.matmul(toeplitz, x) if dim == 2 else torch.matmul(x, toeplitz.transpose(1, 2))
     taps = order - 1
     kernel = filters[:, None, :, None] if dim == 2 else filters[:, None, None, :]

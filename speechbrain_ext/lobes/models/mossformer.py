@@ -199,14 +199,16 @@ def _time_major_depthwise(x, weight):
 
 
 class _TimeMajorDepthwiseConv(torch.autograd.Function):
-    """:func:`_time_major_depthwise` with a backward made of forward convolutions.
+    """:func:`_time_major_depthwise` with a backward that keeps the time-major layout.
 
     On CPU the depthwise convolution's own backward costs up to a hundred times its forward
-    (its weight gradient above all). Both gradients are convolutions too: the input's is the
-    same convolution of the output gradient with the kernel reversed, and the weight's, for
-    channel ``c`` and tap ``k``, is ``sum_t grad[t, c] x[t + k - K // 2, c]``: a depthwise
-    convolution of the padded input with the output gradient as kernel (one group per item
-    and channel), which runs as fast as a forward pass.
+    (its weight gradient above all). The input's gradient is the same convolution of the
+    output gradient with the kernel reversed. The weight's, for channel ``c`` and tap ``k``
+    (offset ``s = k - K // 2``), is ``sum_{b, t} grad[b, t, c] x[b, t + s, c]``: one
+    elementwise product of two time-shifted [B, L - |s|, C] views per tap, summed over batch
+    and time. The views need no transposed or padded copies, which cost more than the
+    products (a [999, 2048] map: 8.5 against 11.6 ms with the channel-major copies and a
+    grouped convolution, 2 threads).
     """
 
     @staticmethod
@@ -223,15 +225,18 @@ class _TimeMajorDepthwiseConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _time_major_depthwise(grad, weight.flip(-1).to(grad.dtype)).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            channels, half = weight.shape[0], weight.shape[-1] // 2
-            grad_weight = 0
-            for item, item_grad in zip(x.to(grad.dtype), grad):  # [L, C] each
-                # Channel-major copies: the fastest layout for this kernel (padding included).
-                image = F.pad(item.t(), (half, half)).view(1, channels, 1, -1)  # [1, C, 1, L + K - 1]
-                kernels = item_grad.t().reshape(channels, 1, 1, -1)  # [C, 1, 1, L]
-                # Output tap k: sum_t x[t + k - K // 2] grad[t] (zeros outside the input).
-                grad_weight = grad_weight + F.conv2d(image, kernels, groups=channels)
-            grad_weight = grad_weight.view_as(weight).to(weight.dtype)
+            x = x.to(grad.dtype)
+            length, half = x.shape[1], weight.shape[-1] // 2
+            taps = []
+            for shift in range(-half, half + 1):  # tap k = shift + K // 2
+                if abs(shift) >= length:  # no frame pair this far apart
+                    taps.append(grad.new_zeros(grad.shape[-1]))
+                    continue
+                overlap = length - abs(shift)  # frames t with t and t + shift inside
+                inputs = x.narrow(1, max(shift, 0), overlap)  # x[t + shift]
+                grads = grad.narrow(1, max(-shift, 0), overlap)  # grad[t]
+                taps.append((inputs * grads).sum((0, 1)))  # [C]
+            grad_weight = torch.stack(taps, dim=-1).unsqueeze(1).to(weight.dtype)  # [C, 1, K]
         return grad_x, grad_weight
 
 
@@ -337,7 +342,7 @@ class ConvFeedForward(nn.Module):
         """Maps [B, L, input_size] to [B, L, output_size]."""
         if self.layer_norm is not None:
             hidden = self.linear(self.layer_norm(x))
-            return self.dropout(self.conv(F.silu(hidden, inplace=True), residual=True))
+            return self.dropout(self.conv(_silu(hidden), residual=True))
         root = math.sqrt(x.shape[-1])
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         scale = self.gain * root / norm.clamp_min(self.eps * root)  # ScaleNorm, per frame
@@ -346,10 +351,14 @@ class ConvFeedForward(nn.Module):
             hidden = self.linear(x * scale)
         else:
             hidden = torch.addcmul(self.linear.bias, F.linear(x, self.linear.weight), scale)
-        # In place is safe under autograd: linear does not save its output, and silu_ keeps
-        # what its own backward needs.
-        hidden = F.silu(hidden, inplace=True)
-        return self.dropout(self.conv(hidden, residual=True))
+        return self.dropout(self.conv(_silu(hidden), residual=True))
+
+
+def _silu(x):
+    """SiLU, in place when no graph is built. Under autograd, ``silu_`` on a linear layer's
+    output (a view of its 2-D product) would clone the input to keep it for the backward, and
+    the backward would clone and copy the whole gradient back through the view."""
+    return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
 
 
 def relu2_local_global_attention(
@@ -472,6 +481,110 @@ def _linear_attention(lin_q, lin_k, values, group_size, causal):
     return (queries @ earlier).flatten(1, 2)[:, :length]
 
 
+def _local_segments(length, group_size):
+    """``(start, stop, size)`` of the whole groups (one segment) and of a shorter last group."""
+    full = length - length % group_size
+    return [(start, stop, size) for start, stop, size in ((0, full, group_size), (full, length, length - full))
+            if start < stop]
+
+
+class _GatedJointAttention(torch.autograd.Function):
+    """``a_u * v * sigmoid(a_v * u)`` with ``[a_v | a_u]`` the non-causal joint attention of
+    ``hidden = [v | u]``, forward and backward written out (CPU training).
+
+    The forward runs the same products as :func:`relu2_local_global_attention` and the block's
+    gating. Autograd's backward of those would slice, select and accumulate in place on views
+    of [B, L, E] maps, and each of those views costs a zero-filled [B, L, E] gradient, a copy
+    or a concatenation; here every gradient is written once into its own tensor. The local
+    attention's dropout multiplier comes from ``sample_mask`` (``None``: no dropout).
+    """
+
+    @staticmethod
+    def forward(ctx, quad_q, quad_k, lin_q, lin_k, hidden, group_size, sample_mask):
+        batch, length, _ = hidden.shape
+        summary = lin_k.transpose(1, 2) @ hidden / length  # [B, Q, E]
+        attended = lin_q @ summary  # [B, L, E]
+        relus, masks = [], []
+        for start, stop, size in _local_segments(length, group_size):
+            q = quad_q[:, start:stop].unflatten(1, (-1, size))  # [B, groups, size, Q]
+            k = quad_k[:, start:stop].unflatten(1, (-1, size))
+            relu = F.relu(q @ k.transpose(-1, -2) / group_size)
+            weights = relu.square()
+            mask = None if sample_mask is None else sample_mask(weights.shape, weights.dtype)
+            if mask is not None:
+                weights.mul_(mask)
+            for b in range(batch):  # per item the groups are views (see the attention function)
+                grouped = attended[b, start:stop].unflatten(0, (-1, size))
+                grouped.baddbmm_(weights[b], hidden[b, start:stop].unflatten(0, (-1, size)))
+            relus.append(relu)
+            masks.append(mask)
+        v, u = hidden.chunk(2, dim=-1)
+        attended_v, attended_u = attended.chunk(2, dim=-1)
+        gate = torch.sigmoid(attended_v * u)
+        gated = attended_u * v * gate
+        ctx.group_size = group_size
+        ctx.has_masks = masks[0] is not None
+        ctx.save_for_backward(
+            quad_q, quad_k, lin_q, lin_k, hidden, summary, attended, gate, *relus, *(masks if ctx.has_masks else ())
+        )
+        return gated
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        quad_q, quad_k, lin_q, lin_k, hidden, summary, attended, gate, *rest = ctx.saved_tensors
+        segments = _local_segments(hidden.shape[1], ctx.group_size)
+        relus = rest[: len(segments)]
+        masks = rest[len(segments) :] if ctx.has_masks else [None] * len(segments)
+        batch, length, _ = hidden.shape
+        v, u = hidden.chunk(2, dim=-1)
+        attended_v, attended_u = attended.chunk(2, dim=-1)
+
+        # Gating: gated = a_u * v * s with s = sigmoid(a_v * u).
+        grad_attended = torch.empty_like(attended)
+        grad_attended_v, grad_attended_u = grad_attended.chunk(2, dim=-1)
+        grad_gated = grad * gate
+        torch.mul(grad_gated, v, out=grad_attended_u)  # d/da_u
+        grad_v_gating = grad_gated.mul_(attended_u)  # d/dv
+        grad_gate_times_gate = grad_attended_u * attended_u  # d/ds * s = grad * a_u * v * s
+        # d/d(a_v * u) = d/ds * s * (1 - s)
+        grad_logit = torch.addcmul(grad_gate_times_gate, grad_gate_times_gate, gate, value=-1.0)
+        torch.mul(grad_logit, u, out=grad_attended_v)  # d/da_v
+        grad_u_gating = grad_logit.mul_(attended_v)  # d/du
+
+        # Linear attention: attended = lin_q @ (lin_k^T @ hidden / L).
+        grad_summary = lin_q.transpose(1, 2) @ grad_attended  # [B, Q, E]
+        grad_lin_q = grad_attended @ summary.transpose(1, 2)
+        grad_lin_k = hidden @ grad_summary.transpose(1, 2) / length
+        grad_hidden = lin_k @ (grad_summary / length)
+
+        # Local attention: attended[group] += (relu(q k^T / g)^2 * mask) @ hidden[group].
+        grad_quad_q = torch.empty_like(quad_q)
+        grad_quad_k = torch.empty_like(quad_k)
+        for (start, stop, size), relu, mask in zip(segments, relus, masks):
+            weights = relu.square()
+            if mask is not None:
+                weights.mul_(mask)
+
+            def grouped(x, b):
+                return x[b, start:stop].unflatten(0, (-1, size))
+
+            for b in range(batch):
+                grad_out = grouped(grad_attended, b)  # [groups, size, E]
+                grouped(grad_hidden, b).baddbmm_(weights[b].transpose(-1, -2), grad_out)
+                grad_weights = grad_out @ grouped(hidden, b).transpose(-1, -2)  # [groups, size, size]
+                if mask is not None:
+                    grad_weights.mul_(mask[b])
+                grad_scores = grad_weights.mul_(relu[b]).mul_(2.0 / ctx.group_size)  # d/d(q k^T)
+                torch.matmul(grad_scores, grouped(quad_k, b), out=grouped(grad_quad_q, b))
+                torch.matmul(grad_scores.transpose(-1, -2), grouped(quad_q, b), out=grouped(grad_quad_k, b))
+
+        grad_v, grad_u = grad_hidden.chunk(2, dim=-1)
+        grad_v.add_(grad_v_gating)
+        grad_u.add_(grad_u_gating)
+        return grad_quad_q, grad_quad_k, grad_lin_q, grad_lin_k, grad_hidden, None, None
+
+
 class MossFormerBlock(nn.Module):
     """One gated attention unit of MossFormer (FLASH-style, with convolutions).
 
@@ -558,6 +671,11 @@ class MossFormerBlock(nn.Module):
         heads = torch.addcmul(self.qk_bias[:, None, None], qk, self.qk_gain[:, None, None])
         quad_q, lin_q, quad_k, lin_k = RotaryEmbedding.rotate_(heads, *rotation).unbind(0)
 
+        if _use_gated_joint_attention(hidden, self.causal):
+            dropout = self.attention_dropout
+            sample_mask = dropout.sample_mask if dropout.training and dropout.p > 0 else None
+            gated = _GatedJointAttention.apply(quad_q, quad_k, lin_q, lin_k, hidden, self.group_size, sample_mask)
+            return self.to_out(gated) + x
         attended = relu2_local_global_attention(
             quad_q,
             quad_k,
@@ -578,6 +696,19 @@ class MossFormerBlock(nn.Module):
         else:
             gated = attended_u * v * torch.sigmoid(attended_v * u)
         return self.to_out(gated) + x
+
+
+def _use_gated_joint_attention(hidden, causal):
+    """Whether a block takes :class:`_GatedJointAttention`: CPU training (a graph is being
+    built) in full precision, non-causal, outside export; other routes keep autograd's."""
+    return (
+        torch.is_grad_enabled()
+        and hidden.requires_grad
+        and hidden.device.type == "cpu"
+        and not causal
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_exporting()
+    )
 
 
 def _token_shift(x):
