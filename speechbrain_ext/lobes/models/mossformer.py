@@ -21,6 +21,7 @@ Authors
  * speechbrain-ext contributors
 """
 
+import functools
 import math
 
 import torch
@@ -340,18 +341,66 @@ class ConvFeedForward(nn.Module):
 
     def forward(self, x):
         """Maps [B, L, input_size] to [B, L, output_size]."""
+        weight, bias = self.linear.weight, self.linear.bias
         if self.layer_norm is not None:
-            hidden = self.linear(self.layer_norm(x))
-            return self.dropout(self.conv(_silu(hidden), residual=True))
+            hidden = _linear_silu(self.layer_norm(x), weight, bias)
+            return self.dropout(self.conv(hidden, residual=True))
         root = math.sqrt(x.shape[-1])
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         scale = self.gain * root / norm.clamp_min(self.eps * root)  # ScaleNorm, per frame
         # A per-frame factor commutes with the linear map: apply it on the narrower side.
         if self.linear.in_features <= self.linear.out_features:
-            hidden = self.linear(x * scale)
+            hidden = _linear_silu(x * scale, weight, bias)
         else:
-            hidden = torch.addcmul(self.linear.bias, F.linear(x, self.linear.weight), scale)
-        return self.dropout(self.conv(_silu(hidden), residual=True))
+            hidden = _silu(torch.addcmul(bias, _linear_silu(x, weight, None, silu=False), scale))
+        return self.dropout(self.conv(hidden, residual=True))
+
+
+@functools.lru_cache(maxsize=1)
+def _onednn_linear_available():
+    """Whether oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``, what Inductor
+    compiles CPU linear layers to) runs here and agrees with ``F.linear``."""
+    try:
+        x, weight, bias = torch.randn(3, 5, 8), torch.randn(4, 8), torch.randn(4)
+        fused = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "swish", [], "")
+        return torch.backends.mkldnn.is_available() and torch.allclose(fused, F.silu(F.linear(x, weight, bias)), atol=1e-5)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _linear_silu(x, weight, bias, silu=True):
+    """``silu(F.linear(x, weight, bias))`` (only the product if not ``silu``).
+
+    Without autograd, float32 CPU inputs go to oneDNN's linear with the SiLU fused in: at
+    MossFormer's sizes its product takes 0.65-0.8 of the time of ``addmm`` (MKL), e.g. 31.6
+    against 47.3 ms for [2999, 512] x [512, 2048] on 2 threads, and the SiLU needs no pass of
+    its own. Its rounding differs from MKL's by a few 1e-7 of the output's scale.
+    """
+    if _use_onednn(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "swish" if silu else "none", [], "")
+    out = F.linear(x, weight, bias)
+    return _silu(out) if silu else out
+
+
+def _use_onednn(*tensors):
+    """Whether products of ``tensors`` go to oneDNN: float32 CPU tensors, no graph being built,
+    not exporting, and oneDNN's linear available."""
+    return (
+        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_exporting()
+        and _onednn_linear_available()
+    )
+
+
+def _batched_product(a, b):
+    """``a @ b`` for [B, M, K] and [B, K, N]; without autograd, item by item through oneDNN's
+    linear (``a[i] @ b[i] = linear(a[i], b[i]^T)``, the transposed views taken as they are):
+    at the linear attention's sizes 0.7-0.9 of the time of ``bmm`` (MKL) on this CPU."""
+    if not _use_onednn(a, b):
+        return a @ b
+    products = [torch.ops.mkldnn._linear_pointwise(x, y.t(), None, "none", [], "") for x, y in zip(a, b)]
+    return products[0].unsqueeze(0) if len(products) == 1 else torch.stack(products)
 
 
 def _silu(x):
@@ -470,7 +519,8 @@ def _linear_attention(lin_q, lin_k, values, group_size, causal):
     causal: a group reads the summaries of earlier groups only, each divided by ``group_size``."""
     length = values.shape[1]
     if not causal:
-        return lin_q @ (lin_k.transpose(1, 2) @ values / length)  # [B, Q, E] summary
+        summary = _batched_product(lin_k.transpose(1, 2), values).div_(length)  # [B, Q, E]
+        return _batched_product(lin_q, summary)
     # Zero-padded to whole groups (no branch on the length); the summary of a last, partial
     # group is never read.
     padding = (0, 0, 0, (-length) % group_size)
