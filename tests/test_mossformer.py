@@ -385,9 +385,12 @@ def test_training_attention_route_equals_autograd_route_with_dropout(monkeypatch
         torch.testing.assert_close(ours, autograd, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk_frames", [1, 7, None])  # time chunks of the weight gradient; None: one
 @pytest.mark.parametrize("length", [1, 3, 8, 40])  # shorter than the kernel's half, than the kernel, longer
-def test_depthwise_time_convolution_gradients_equal_conv1d(length):
+def test_depthwise_time_convolution_gradients_equal_conv1d(monkeypatch, length, chunk_frames):
     """The time-major depthwise convolution's hand-written backward equals autograd's F.conv1d."""
+    if chunk_frames is not None:
+        monkeypatch.setattr(mossformer_module, "WEIGHT_GRADIENT_CHUNK", 2 * 6 * chunk_frames)
     conv = mossformer_module.DepthwiseTimeConv(6, kernel_size=17).double()
     x = torch.randn(2, length, 6, dtype=torch.double, requires_grad=True)
     upstream = torch.randn(2, length, 6, dtype=torch.double)

@@ -199,6 +199,11 @@ def _time_major_depthwise(x, weight):
     return out.squeeze(2).transpose(1, 2)
 
 
+#: Elements (batch x frames x channels) per time chunk of the depthwise weight gradient: its
+#: operands stay in cache (4 MB each in float32).
+WEIGHT_GRADIENT_CHUNK = 1 << 20
+
+
 class _TimeMajorDepthwiseConv(torch.autograd.Function):
     """:func:`_time_major_depthwise` with a backward that keeps the time-major layout.
 
@@ -206,10 +211,10 @@ class _TimeMajorDepthwiseConv(torch.autograd.Function):
     (its weight gradient above all). The input's gradient is the same convolution of the
     output gradient with the kernel reversed. The weight's, for channel ``c`` and tap ``k``
     (offset ``s = k - K // 2``), is ``sum_{b, t} grad[b, t, c] x[b, t + s, c]``: one
-    elementwise product of two time-shifted [B, L - |s|, C] views per tap, summed over batch
-    and time. The views need no transposed or padded copies, which cost more than the
-    products (a [999, 2048] map: 8.5 against 11.6 ms with the channel-major copies and a
-    grouped convolution, 2 threads).
+    elementwise product of two time-shifted views per tap, summed over batch and time, taken
+    chunk of frames by chunk (:data:`WEIGHT_GRADIENT_CHUNK`) so that both stay in cache. No
+    transposed or padded copies: for [1, 1999, 2048] maps 14.7 ms, against 34.8 ms with
+    channel-major copies and a grouped convolution and 42.3 ms unchunked (2 threads).
     """
 
     @staticmethod
@@ -227,17 +232,19 @@ class _TimeMajorDepthwiseConv(torch.autograd.Function):
             grad_x = _time_major_depthwise(grad, weight.flip(-1).to(grad.dtype)).to(x.dtype)
         if ctx.needs_input_grad[1]:
             x = x.to(grad.dtype)
-            length, half = x.shape[1], weight.shape[-1] // 2
-            taps = []
-            for shift in range(-half, half + 1):  # tap k = shift + K // 2
-                if abs(shift) >= length:  # no frame pair this far apart
-                    taps.append(grad.new_zeros(grad.shape[-1]))
-                    continue
-                overlap = length - abs(shift)  # frames t with t and t + shift inside
-                inputs = x.narrow(1, max(shift, 0), overlap)  # x[t + shift]
-                grads = grad.narrow(1, max(-shift, 0), overlap)  # grad[t]
-                taps.append((inputs * grads).sum((0, 1)))  # [C]
-            grad_weight = torch.stack(taps, dim=-1).unsqueeze(1).to(weight.dtype)  # [C, 1, K]
+            batch, length, channels = x.shape
+            half = weight.shape[-1] // 2
+            taps = grad.new_zeros(2 * half + 1, channels)  # [K, C]
+            rows = max(1, WEIGHT_GRADIENT_CHUNK // (batch * channels))
+            for first in range(0, length, rows):
+                last = min(length, first + rows)
+                for tap, shift in enumerate(range(-half, half + 1)):
+                    # Frames t of this chunk with t + shift inside the input.
+                    start, stop = max(first, -shift), min(last, length - shift)
+                    if start < stop:
+                        products = x[:, start + shift : stop + shift] * grad[:, start:stop]
+                        taps[tap] += products.sum((0, 1))
+            grad_weight = taps.t().unsqueeze(1).to(weight.dtype)  # [C, 1, K]
         return grad_x, grad_weight
 
 
