@@ -559,8 +559,8 @@ class _GatedJointAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, quad_q, quad_k, lin_q, lin_k, hidden, group_size, sample_mask):
         batch, length, _ = hidden.shape
-        summary = lin_k.transpose(1, 2) @ hidden / length  # [B, Q, E]
-        attended = lin_q @ summary  # [B, L, E]
+        summary = _batched_product(lin_k.transpose(1, 2), hidden).div_(length)  # [B, Q, E]
+        attended = _batched_product(lin_q, summary)  # [B, L, E]
         relus, masks = [], []
         for start, stop, size in _local_segments(length, group_size):
             q = quad_q[:, start:stop].unflatten(1, (-1, size))  # [B, groups, size, Q]
@@ -610,10 +610,10 @@ class _GatedJointAttention(torch.autograd.Function):
         grad_u_gating = grad_logit.mul_(attended_v)  # d/du
 
         # Linear attention: attended = lin_q @ (lin_k^T @ hidden / L).
-        grad_summary = lin_q.transpose(1, 2) @ grad_attended  # [B, Q, E]
-        grad_lin_q = grad_attended @ summary.transpose(1, 2)
-        grad_lin_k = hidden @ grad_summary.transpose(1, 2) / length
-        grad_hidden = lin_k @ (grad_summary / length)
+        grad_summary = _batched_product(lin_q.transpose(1, 2), grad_attended).div_(length)  # [B, Q, E] / L
+        grad_lin_q = _batched_product(grad_attended, summary.transpose(1, 2))
+        grad_lin_k = _batched_product(hidden, grad_summary.transpose(1, 2))
+        grad_hidden = _batched_product(lin_k, grad_summary)
 
         # Local attention: attended[group] += (relu(q k^T / g)^2 * mask) @ hidden[group].
         grad_quad_q = torch.empty_like(quad_q)
