@@ -234,7 +234,8 @@ class _TimeMajorDepthwiseConv(torch.autograd.Function):
             x = x.to(grad.dtype)
             batch, length, channels = x.shape
             half = weight.shape[-1] // 2
-            taps = grad.new_zeros(2 * half + 1, channels)  # [K, C]
+            # Sums in at least float32 (autocast's half-precision gradients would lose the sum).
+            taps = grad.new_zeros(2 * half + 1, channels, dtype=torch.promote_types(grad.dtype, torch.float32))
             rows = max(1, WEIGHT_GRADIENT_CHUNK // (batch * channels))
             for first in range(0, length, rows):
                 last = min(length, first + rows)
@@ -243,7 +244,7 @@ class _TimeMajorDepthwiseConv(torch.autograd.Function):
                     start, stop = max(first, -shift), min(last, length - shift)
                     if start < stop:
                         products = x[:, start + shift : stop + shift] * grad[:, start:stop]
-                        taps[tap] += products.sum((0, 1))
+                        taps[tap] += products.sum((0, 1), dtype=taps.dtype)
             grad_weight = taps.t().unsqueeze(1).to(weight.dtype)  # [C, 1, K]
         return grad_x, grad_weight
 
