@@ -758,7 +758,7 @@ class MossFormerBlock(nn.Module):
 
 def _use_gated_joint_attention(hidden, causal):
     """Whether a block takes :class:`_GatedJointAttention`: CPU training (a graph is being
-    built) in full precision, non-causal, outside export; other routes keep autograd's."""
+    built) outside autocast, non-causal, outside export; other routes keep autograd's."""
     return (
         torch.is_grad_enabled()
         and hidden.requires_grad
