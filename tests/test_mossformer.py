@@ -400,3 +400,29 @@ def test_depthwise_time_convolution_gradients_equal_conv1d(monkeypatch, length, 
     F.conv1d(plain_x.transpose(1, 2), weight, padding=8, groups=6).transpose(1, 2).backward(upstream)
     torch.testing.assert_close(x.grad, plain_x.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(conv.weight.grad, weight.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_bfloat16_autocast_training_step_on_cpu_finishes():
+    """Under CPU bfloat16 autocast (the recipes' ``precision: bf16``), a training step returns
+    with finite gradients: oneDNN's bfloat16 depthwise kernel for channels-last maps did not
+    return on this project's AMD machine, so the depthwise convolution avoids it. Run in a
+    subprocess so that a hang fails the test instead of stalling the suite."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from speechbrain_ext.lobes.models.mossformer import MossFormer\n"
+        "torch.manual_seed(0)\n"
+        "model = MossFormer(in_channels=32, out_channels=32, d_model=32, num_blocks=1, group_size=8,"
+        " query_key_dim=16).train()\n"
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+        "    out = model(torch.randn(2, 800))\n"
+        "out.float().pow(2).mean().backward()\n"
+        "grads = [p.grad for p in model.parameters() if p.requires_grad]\n"
+        "assert out.dtype == torch.bfloat16 and out.shape == (2, 800, 2), (out.dtype, out.shape)\n"
+        "assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -194,6 +194,12 @@ def _time_major_depthwise(x, weight):
     fast depthwise 2-D kernel, with no copy on either side (the transposed view [B, C, L]
     makes oneDNN copy and run a slow kernel).
     """
+    autocast_bfloat16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if x.device.type == "cpu" and (x.dtype == torch.bfloat16 or autocast_bfloat16):
+        # oneDNN's bfloat16 depthwise kernel for channels-last maps did not return on an AMD
+        # EPYC (torch 2.11): channel-major copies instead.
+        out = F.conv1d(x.transpose(1, 2).contiguous(), weight, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+        return out.transpose(1, 2).contiguous()
     image = x.transpose(1, 2).unsqueeze(2)  # [B, C, 1, L], channels-last
     out = F.conv2d(image, weight.unsqueeze(2), padding=(0, weight.shape[-1] // 2), groups=weight.shape[0])
     return out.squeeze(2).transpose(1, 2)
