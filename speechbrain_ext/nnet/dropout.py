@@ -15,6 +15,8 @@ Forward and backward of a [1, 999, 2048] map (a MossFormer block's widest), 2 th
 Authors: speechbrain-ext contributors
 """
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -33,9 +35,7 @@ def random_drop_mask(shape, p):
     >>> mask.dtype, round(mask.float().mean().item(), 2)
     (torch.bool, 0.1)
     """
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     # Each 32-bit draw is two 16-bit halves; the top bit of an int32 draw is always 0, so
     # keep the 15 low bits of each half.
     words = torch.empty((count + 1) // 2, dtype=torch.int32).random_()

@@ -424,6 +424,23 @@ def _silu(x):
     return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
 
 
+def _local_segments(length, group_size):
+    """``(start, stop, size)`` of the whole groups (one segment) and of a shorter last group."""
+    full = length - length % group_size
+    return [(start, stop, size) for start, stop, size in ((0, full, group_size), (full, length, length - full))
+            if start < stop]
+
+
+def _add_grouped_products_(out, weights, values, start, stop, size):
+    """``out[b, group] += weights[b, group] @ values[b, group]`` for the groups of ``size``
+    frames in ``start:stop``, in place, one batch item at a time: per item the rows are
+    contiguous, so the groups are plain views and ``baddbmm_`` writes the sum without a
+    temporary of the size of ``values``."""
+    for b in range(out.shape[0]):
+        grouped_values = values[b, start:stop].unflatten(0, (-1, size))
+        out[b, start:stop].unflatten(0, (-1, size)).baddbmm_(weights[b], grouped_values)
+
+
 def relu2_local_global_attention(
     quad_q, quad_k, lin_q, lin_k, values, group_size, causal=False, dropout=None, padded=None
 ):
@@ -480,13 +497,8 @@ def relu2_local_global_attention(
         padded = torch.compiler.is_exporting()
     if padded:
         return _padded_local_global_attention(quad_q, quad_k, lin_q, lin_k, values, group_size, causal, dropout)
-    batch, length, _ = values.shape
     out = _linear_attention(lin_q, lin_k, values, group_size, causal)
-    full = length - length % group_size
-    segments = [(0, full, group_size), (full, length, length - full)]
-    for start, stop, size in segments:
-        if start == stop:
-            continue
+    for start, stop, size in _local_segments(values.shape[1], group_size):
         q = quad_q[:, start:stop].unflatten(1, (-1, size))  # [B, groups, size, Q]
         k = quad_k[:, start:stop].unflatten(1, (-1, size))
         weights = F.relu(q @ k.transpose(-1, -2) / group_size, inplace=True).square()
@@ -494,12 +506,7 @@ def relu2_local_global_attention(
             weights = weights.tril()
         if dropout is not None:
             weights = dropout(weights)
-        # Accumulate into the linear-attention output in place, one batch item at a time:
-        # per item the rows are contiguous, so the groups are plain views and baddbmm_
-        # writes the sum without a temporary of the size of ``values``.
-        for b in range(batch):
-            grouped_values = values[b, start:stop].unflatten(0, (-1, size))
-            out[b, start:stop].unflatten(0, (-1, size)).baddbmm_(weights[b], grouped_values)
+        _add_grouped_products_(out, weights, values, start, stop, size)  # into the linear part
     return out
 
 
@@ -545,13 +552,6 @@ def _linear_attention(lin_q, lin_k, values, group_size, causal):
     return (queries @ earlier).flatten(1, 2)[:, :length]
 
 
-def _local_segments(length, group_size):
-    """``(start, stop, size)`` of the whole groups (one segment) and of a shorter last group."""
-    full = length - length % group_size
-    return [(start, stop, size) for start, stop, size in ((0, full, group_size), (full, length, length - full))
-            if start < stop]
-
-
 class _GatedJointAttention(torch.autograd.Function):
     """``a_u * v * sigmoid(a_v * u)`` with ``[a_v | a_u]`` the non-causal joint attention of
     ``hidden = [v | u]``, forward and backward written out (CPU training).
@@ -565,7 +565,7 @@ class _GatedJointAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, quad_q, quad_k, lin_q, lin_k, hidden, group_size, sample_mask):
-        batch, length, _ = hidden.shape
+        length = hidden.shape[1]
         summary = _batched_product(lin_k.transpose(1, 2), hidden).div_(length)  # [B, Q, E]
         attended = _batched_product(lin_q, summary)  # [B, L, E]
         relus, masks = [], []
@@ -577,9 +577,7 @@ class _GatedJointAttention(torch.autograd.Function):
             mask = None if sample_mask is None else sample_mask(weights.shape, weights.dtype)
             if mask is not None:
                 weights.mul_(mask)
-            for b in range(batch):  # per item the groups are views (see the attention function)
-                grouped = attended[b, start:stop].unflatten(0, (-1, size))
-                grouped.baddbmm_(weights[b], hidden[b, start:stop].unflatten(0, (-1, size)))
+            _add_grouped_products_(attended, weights, hidden, start, stop, size)
             relus.append(relu)
             masks.append(mask)
         v, u = hidden.chunk(2, dim=-1)
