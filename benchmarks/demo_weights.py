@@ -11,6 +11,10 @@ offline and measures them honestly:
    responses (pyroomacoustics' image method). Whole voices (of every engine) and whole noise
    types are held out. Writes a DNS-Challenge folder (16 kHz) and a wsj0-2mix folder (8 kHz,
    plus the training voices' utterances for dynamic mixing).
+   ``more-voices OUT`` then adds 80 training voices: espeak-ng variants with random formants,
+   pitch, breath and roughness, and the flite/festival training voices with their formants
+   warped (vocal tract length perturbation), to the DNS folder (with babble of the whole pool)
+   and to the dynamic-mixing folder.
 2. ``train-frcrn OUT`` / ``train-mossformer OUT``: the project's own recipes
    (``recipes/DNS/enhancement`` with ``hparams/frcrn_small.yaml``, ``recipes/WSJ0Mix/separation``
    with ``hparams/mossformer_small.yaml`` and dynamic mixing) for a CPU time budget.
@@ -27,6 +31,7 @@ festvox-ca-ona-hts sox wamerican alsa-utils sound-theme-freedesktop`` and
 Usage::
 
     python benchmarks/demo_weights.py corpus results/demo_weights
+    python benchmarks/demo_weights.py more-voices results/demo_weights
     OMP_NUM_THREADS=1 python benchmarks/demo_weights.py train-frcrn results/demo_weights --minutes 90 &
     OMP_NUM_THREADS=1 python benchmarks/demo_weights.py train-mossformer results/demo_weights --minutes 90
     python benchmarks/demo_weights.py evaluate results/demo_weights
@@ -96,6 +101,93 @@ def voices():
     return table
 
 
+# More training voices (the ``more-voices`` step): espeak-ng voice variants with random formants,
+# pitch, breathiness and roughness (variant files of our own; none is a copy of a held-out one),
+# and the flite/festival training voices with their formants warped (vocal tract length
+# perturbation: sox's speed, then the pitch moved back near the original).
+EXTRA_ESPEAK_VOICES, EXTRA_UTTERANCES = 60, 30
+FORMANT_WARPS = (0.87, 1.14)
+
+
+def random_variant(name, rng):
+    """The text of an espeak-ng voice variant file with random voice parameters."""
+    female = rng.random() < 0.5
+    low = rng.uniform(140, 210) if female else rng.uniform(70, 125)
+    lines = ["language variant", f"name {name}", f"gender {'female' if female else 'male'}",
+             f"pitch {low:.0f} {low + rng.uniform(40, 110):.0f}"]
+    scale = rng.uniform(100, 118) if female else rng.uniform(86, 106)  # vocal tract length
+    for formant in range(9):
+        lines.append(f"formant {formant} {scale + rng.uniform(-6, 6):.0f} {rng.uniform(60, 110):.0f} "
+                     f"{rng.uniform(80, 150):.0f}")
+    lines.append("breath " + " ".join(str(int(rng.integers(0, 4))) for _ in range(8)))
+    lines.append(f"flutter {int(rng.integers(0, 12))}")
+    lines.append(f"roughness {int(rng.integers(0, 5))}")
+    if rng.random() < 0.25:  # klatt synthesis (the held-out klatt3 is mode 3: not drawn)
+        lines.append(f"klatt {int(rng.choice([1, 2, 4]))}")
+    return "\n".join(lines) + "\n"
+
+
+def extra_voices(espeak_path):
+    """The ``more-voices`` table and the text of each random espeak-ng variant file
+    (``{name: text}``, to write under ``espeak_path``'s ``espeak-ng-data/voices/!v``):
+    random espeak-ng variants and formant-warped flite/festival training voices. All train."""
+    rng = np.random.default_rng([SEED, 4])
+    table, variants = [], {}
+    for index in range(EXTRA_ESPEAK_VOICES):
+        name = f"r{index:02d}"
+        variants[name] = random_variant(name, rng)
+        language = ESPEAK_LANGUAGES[int(rng.integers(len(ESPEAK_LANGUAGES)))]
+        table.append(dict(id=name, engine="espeak-ng", voice=f"{language}+{name}", espeak_path=espeak_path,
+                          heldout=False))
+    originals = [v for v in voices() if v["engine"] != "espeak-ng" and not v["heldout"]]
+    for index, (voice, warp) in enumerate((v, w) for v in originals for w in FORMANT_WARPS):
+        table.append(dict(voice, id=f"w{index:02d}", warp=warp))
+    return table, variants
+
+
+def more_voices(out, workers=2):
+    """Synthesise the extra training voices and add them to the DNS folder (clean speech, and
+    babble files of the whole training pool) and to ``dm8k`` (dynamic mixing)."""
+    import librosa
+
+    data = os.path.join(out, "espeak")  # a copy of espeak-ng's data with our variants added
+    table, variants = extra_voices(data)
+    folder = os.path.join(data, "espeak-ng-data", "voices", "!v")
+    if not os.path.isdir(folder):
+        version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
+        shutil.copytree(re.search(r"Data at: (\S+)", version).group(1), os.path.join(data, "espeak-ng-data"))
+    for name, text in variants.items():
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as stream:
+            stream.write(text)
+    train_text, _ = sentences()
+    rng = np.random.default_rng([SEED, 5])
+    jobs = []
+    for voice in table:
+        os.makedirs(os.path.join(out, "utterances", voice["id"]), exist_ok=True)
+        for index in range(EXTRA_UTTERANCES):
+            text = train_text[int(rng.integers(len(train_text)))]
+            path = os.path.join(out, "utterances", voice["id"], f"{voice['id']}u{index:03d}.wav")
+            jobs.append((voice, text, path, int(rng.integers(2**31 - 1)), True))
+    missing = [job for job in jobs if not os.path.isfile(job[2])]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(synthesise, missing, chunksize=8))
+    made = [job[2] for job in jobs if os.path.isfile(job[2])]
+    datasets = os.path.join(out, "DNS-Challenge", "datasets")
+    for path in made:
+        shutil.copyfile(path, os.path.join(datasets, "clean", os.path.basename(path)))
+        audio, _ = sf.read(path)
+        _write(os.path.join(out, "dm8k", os.path.basename(path)), librosa.resample(audio, orig_sr=RATE, target_sr=8000),
+               8000)
+    pool_paths = sorted(glob.glob(os.path.join(datasets, "clean", "*.wav")))
+    babble_rng = np.random.default_rng([SEED, 6])
+    for index in range(NOISE_FILES_PER_TYPE, 2 * NOISE_FILES_PER_TYPE):
+        _write(os.path.join(datasets, "noise", f"babble_{index:03d}.wav"), babble(pool_paths, 20.0, babble_rng))
+    with open(os.path.join(out, "voices_extra.json"), "w", encoding="utf-8") as stream:
+        json.dump({"voices": table, "utterances": len(made)}, stream, indent=1)
+    print(f"{len(made)} utterances of {len(table)} extra training voices; "
+          f"{len(pool_paths)} clean training files, {NOISE_FILES_PER_TYPE} more babble files", flush=True)
+
+
 # ---- Text ------------------------------------------------------------------------------
 def sentences():
     """English sentences of the licence texts on every Debian system, and word salads from
@@ -127,7 +219,8 @@ def synthesise(job):
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "raw.wav")
         if voice["engine"] == "espeak-ng":
-            command = ["espeak-ng", "-v", voice["voice"], "-s", str(int(rng.integers(130, 200))),
+            data = ["--path", voice["espeak_path"]] if "espeak_path" in voice else []  # random variants
+            command = ["espeak-ng", *data, "-v", voice["voice"], "-s", str(int(rng.integers(130, 200))),
                        "-p", str(int(rng.integers(25, 75))), "-w", raw, text]
         elif voice["engine"] == "flite":
             command = ["flite", "-voice", voice["voice"], "--setf",
@@ -139,7 +232,10 @@ def synthesise(job):
             command = ["text2wave", "-eval", f"(voice_{voice['voice']})", "-eval",
                        f"(Parameter.set 'Duration_Stretch {rng.uniform(0.85, 1.2):.2f})", text_file, "-o", raw]
         effects = []
-        if perturb and voice["engine"] != "espeak-ng":  # espeak varies rate and pitch itself
+        if "warp" in voice:  # formants (vocal tract length) scaled by the warp, pitch near the original's
+            effects += ["speed", f"{voice['warp']:.3f}",
+                        "pitch", str(int(-1200 * np.log2(voice["warp"]) + rng.integers(-200, 200)))]
+        elif perturb and voice["engine"] != "espeak-ng":  # espeak varies rate and pitch itself
             effects += ["pitch", str(int(rng.integers(-250, 250)))]
         if perturb and rng.random() < 0.3:
             effects += ["tempo", f"{rng.uniform(0.9, 1.12):.3f}"]
@@ -659,7 +755,7 @@ def _write_rows(path, rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["corpus", "train-frcrn", "continue-frcrn", "train-mossformer",
+    parser.add_argument("step", choices=["corpus", "more-voices", "train-frcrn", "continue-frcrn", "train-mossformer",
                                           "continue-mossformer", "evaluate", "ship"])
     parser.add_argument("out", help="working folder")
     parser.add_argument("--minutes", type=float, default=90.0, help="training budget (default: %(default)s)")
@@ -675,6 +771,8 @@ def main(argv=None):
     out = os.path.abspath(args.out)
     if args.step == "corpus":
         make_corpus(out, parts=args.parts)
+    elif args.step == "more-voices":
+        more_voices(out)
     elif args.step == "train-frcrn":
         train_frcrn(out, args.minutes)
     elif args.step == "train-mossformer":

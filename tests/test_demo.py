@@ -75,3 +75,32 @@ def test_demo_mossformer_separates_held_out_voices():
         ))
     # Four mixtures of held-out voices, +5.1..+11.9 dB (mean 8.3): the card's +5.9 dB on 45.
     assert len(improvements) == 4 and np.mean(improvements) >= 6.0, improvements
+
+
+def _demo_weights_script():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(HELD_OUT), "..", "benchmarks", "demo_weights.py")
+    spec = importlib.util.spec_from_file_location("demo_weights_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extra_training_voices_keep_the_held_out_voices_out():
+    # ``more-voices``: new speaker ids (dynamic mixing tells speakers by their first 3
+    # characters), all training; warps only of training voices; random espeak-ng variants
+    # never use the held-out klatt3's synthesis mode, and differ from one another.
+    script = _demo_weights_script()
+    base = script.voices()
+    table, variants = script.extra_voices("/nowhere")
+    ids = [v["id"] for v in table]
+    assert len(ids) == len(set(ids)) == 80 and all(len(i) == 3 for i in ids)
+    assert not set(ids) & {v["id"] for v in base}
+    assert not any(v["heldout"] for v in table)
+    held_out = {(v["engine"], v["voice"]) for v in base if v["heldout"]}
+    assert not {(v["engine"], v["voice"]) for v in table} & held_out
+    assert {v["warp"] for v in table if "warp" in v} == set(script.FORMANT_WARPS)
+    assert len(set(variants.values())) == len(variants) == 60
+    assert not any("klatt 3" in text for text in variants.values())
+    assert all(f"+{name}" in v["voice"] for name, v in zip(variants, table))
