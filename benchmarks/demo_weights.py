@@ -587,10 +587,10 @@ def train_mossformer(out, minutes):
     subprocess.run(command, cwd=os.path.join(RECIPES, "WSJ0Mix", "separation"), check=True)
 
 
-def continue_frcrn(out, minutes, lr=5e-4, start=None, output="frcrn_stage2"):
+def continue_frcrn(out, minutes, lr=5e-4, start=None, output="frcrn_stage2", mask_loss_weight=1.0):
     """A further stage from a trained model's weights (``start``, default the first run's best,
     ``OUT/frcrn/model``; passed to the recipe as official files through ``--pretrained_path``),
-    on the current DNS folder. Writes ``OUT/<output>``."""
+    on the current DNS folder, with the recipe's ``mask_loss_weight``. Writes ``OUT/<output>``."""
     import torch
 
     from speechbrain_ext.convert import frcrn_to_official
@@ -601,7 +601,7 @@ def continue_frcrn(out, minutes, lr=5e-4, start=None, output="frcrn_stage2"):
     weights = os.path.join(out, f"{output}_start_official.bin")
     torch.save(frcrn_to_official(first.mods.model), weights)
     train_frcrn(out, minutes, output=output,
-                extra=["--pretrained_path", weights, "--finetune_lr", str(lr)])
+                extra=["--pretrained_path", weights, "--finetune_lr", str(lr), "--mask_loss_weight", str(mask_loss_weight)])
 
 
 def continue_mossformer(out, minutes, lr=5e-4, patience=8, start=None, output="mossformer_stage2",
@@ -766,6 +766,8 @@ def main(argv=None):
     parser.add_argument("--start", help="continue-*: the model folder to start from (default: OUT/<model>/model)")
     parser.add_argument("--output", help="continue-*: the run's folder name under OUT (default: <model>_stage2)")
     parser.add_argument("--speed-perturb", action="store_true", help="continue-mossformer: speed-perturb the sources")
+    parser.add_argument("--mask-loss-weight", type=float, default=1.0,
+                        help="continue-frcrn: weight of the loss's mask terms (default: %(default)s, the official loss)")
     parser.add_argument("--lr", type=float, default=5e-4, help="continue-*: the starting learning rate (default: %(default)s)")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
@@ -778,7 +780,8 @@ def main(argv=None):
     elif args.step == "train-mossformer":
         train_mossformer(out, args.minutes)
     elif args.step == "continue-frcrn":
-        continue_frcrn(out, args.minutes, lr=args.lr, start=args.start, output=args.output or "frcrn_stage2")
+        continue_frcrn(out, args.minutes, lr=args.lr, start=args.start, output=args.output or "frcrn_stage2",
+                       mask_loss_weight=args.mask_loss_weight)
     elif args.step == "continue-mossformer":
         continue_mossformer(out, args.minutes, lr=args.lr, start=args.start, output=args.output or "mossformer_stage2",
                             speed_perturb=args.speed_perturb)

@@ -266,6 +266,12 @@ def test_loss_matches_reference(reference_frcrn, ours):
         losses = frcrn_loss(ours, ours.forward_stages(noisy), noisy, clean)
     for name in ("loss", "amp_loss", "phase_loss"):
         assert abs(losses[name].item() - ref[name].item()) <= 1e-4 * max(1.0, abs(ref[name].item())), name
+    # The recipes' mask_loss_weight scales the mask terms only; their parts stay unweighted.
+    with torch.no_grad():
+        weighted = frcrn_loss(ours, ours.forward_stages(noisy), noisy, clean, mask_weight=0.05)
+    expected = losses["sisnr_loss"] + 0.05 * (losses["amp_loss"] + losses["phase_loss"])
+    assert torch.allclose(weighted["loss"], expected, rtol=1e-5)
+    assert torch.allclose(weighted["amp_loss"], losses["amp_loss"]) and weighted["loss"] < losses["loss"]
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["offline", "causal"])
