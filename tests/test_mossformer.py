@@ -141,6 +141,22 @@ def test_fused_for_inference_matches_the_plain_model(small_pair):
     assert not any(block.inplace_gating for block in fused.train().masknet.blocks)  # train() undoes it
 
 
+@pytest.mark.parametrize("piece_elements", [1, 7 * 16, 1 << 19], ids=["row", "pieces", "default"])
+def test_in_place_gating_by_pieces_equals_the_plain_gating(monkeypatch, piece_elements):
+    # Pieces of one row, of 7 rows (a shorter last piece) and whole items: the numbers of the
+    # same in-place operations on whole tensors, and of the plain formula up to rounding.
+    monkeypatch.setattr(mossformer_module, "GATING_PIECE_ELEMENTS", piece_elements)
+    torch.manual_seed(0)
+    attended, hidden = torch.randn(2, 2, 30, 16).unbind(0)
+    v, u = hidden.chunk(2, dim=-1)
+    attended_v, attended_u = attended.clone().chunk(2, dim=-1)
+    plain = attended_u * v * torch.sigmoid(attended_v * u)
+    whole = attended_u.mul_(v).mul_(attended_v.mul_(u).sigmoid_())
+    gated = mossformer_module._gate_in_place_(attended, hidden)
+    assert gated.data_ptr() == attended[..., 8:].data_ptr()  # inside the attention output
+    assert torch.equal(gated, whole) and torch.allclose(gated, plain, atol=1e-6)
+
+
 def test_gradients_match_reference(tmp_path):
     """Backward through our in-place updates gives the reference's gradients (no dropout)."""
     config = dict(SMALL, attn_dropout=0.0)

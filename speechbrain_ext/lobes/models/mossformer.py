@@ -748,16 +748,35 @@ class MossFormerBlock(nn.Module):
             causal=self.causal,
             dropout=self.attention_dropout,
         )
-        v, u = hidden.chunk(2, dim=-1)
-        attended_v, attended_u = attended.chunk(2, dim=-1)
-        if self.inplace_gating:
-            # The same product computed inside the attention output, which nothing else reads:
-            # no new [B, L, E / 2] tensors.
-            gate = attended_v.mul_(u).sigmoid_()
-            gated = attended_u.mul_(v).mul_(gate)
+        if self.inplace_gating and not torch.compiler.is_exporting():
+            gated = _gate_in_place_(attended, hidden)
         else:
+            v, u = hidden.chunk(2, dim=-1)
+            attended_v, attended_u = attended.chunk(2, dim=-1)
             gated = attended_u * v * torch.sigmoid(attended_v * u)
         return self.to_out(gated) + x
+
+
+#: Elements of ``[a_v | a_u]`` gated per piece by :func:`_gate_in_place_` (2 MB in float32).
+GATING_PIECE_ELEMENTS = 1 << 19
+
+
+def _gate_in_place_(attended, hidden):
+    """``a_u * v * sigmoid(a_v * u)`` computed inside ``attended`` = ``[a_v | a_u]`` [B, L, E]
+    (which nothing else reads; no new tensors) for ``hidden`` = ``[v | u]``; returns the
+    ``a_u`` half. Frames are gated a piece at a time so that the four passes find their
+    operands in cache on CPU: for [1, 2999, 2048] 3.2 against 7.9 ms on 2 threads (other
+    devices take whole items). The same elementwise operations, so the same numbers."""
+    rows = attended.shape[1]
+    if attended.device.type == "cpu":
+        rows = max(1, GATING_PIECE_ELEMENTS // attended.shape[-1])
+    for item, values in zip(attended, hidden):  # [L, E] each
+        for start in range(0, item.shape[0], rows):
+            v, u = values[start : start + rows].chunk(2, dim=-1)
+            attended_v, attended_u = item[start : start + rows].chunk(2, dim=-1)
+            gate = attended_v.mul_(u).sigmoid_()
+            attended_u.mul_(v).mul_(gate)
+    return attended.chunk(2, dim=-1)[1]
 
 
 def _use_gated_joint_attention(hidden, causal):
