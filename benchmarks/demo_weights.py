@@ -768,6 +768,9 @@ def main(argv=None):
     parser.add_argument("--speed-perturb", action="store_true", help="continue-mossformer: speed-perturb the sources")
     parser.add_argument("--mask-loss-weight", type=float, default=1.0,
                         help="continue-frcrn: weight of the loss's mask terms (default: %(default)s, the official loss)")
+    parser.add_argument("--patience", type=int, default=8,
+                        help="continue-mossformer: epochs without a better validation loss before the rate halves "
+                             "(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=5e-4, help="continue-*: the starting learning rate (default: %(default)s)")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
@@ -784,7 +787,7 @@ def main(argv=None):
                        mask_loss_weight=args.mask_loss_weight)
     elif args.step == "continue-mossformer":
         continue_mossformer(out, args.minutes, lr=args.lr, start=args.start, output=args.output or "mossformer_stage2",
-                            speed_perturb=args.speed_perturb)
+                            speed_perturb=args.speed_perturb, patience=args.patience)
     elif args.step == "ship":
         ship(out)
     else:
