@@ -149,8 +149,6 @@ def extra_voices(espeak_path):
 def more_voices(out, workers=2):
     """Synthesise the extra training voices and add them to the DNS folder (clean speech, and
     babble files of the whole training pool) and to ``dm8k`` (dynamic mixing)."""
-    import librosa
-
     data = os.path.join(out, "espeak")  # a copy of espeak-ng's data with our variants added
     table, variants = extra_voices(data)
     folder = os.path.join(data, "espeak-ng-data", "voices", "!v")
@@ -176,9 +174,7 @@ def more_voices(out, workers=2):
     datasets = os.path.join(out, "DNS-Challenge", "datasets")
     for path in made:
         shutil.copyfile(path, os.path.join(datasets, "clean", os.path.basename(path)))
-        audio, _ = sf.read(path)
-        _write(os.path.join(out, "dm8k", os.path.basename(path)), librosa.resample(audio, orig_sr=RATE, target_sr=8000),
-               8000)
+        _write(os.path.join(out, "dm8k", os.path.basename(path)), _at_8k(path), 8000)
     pool_paths = sorted(glob.glob(os.path.join(datasets, "clean", "*.wav")))
     babble_rng = np.random.default_rng([SEED, 6])
     for index in range(NOISE_FILES_PER_TYPE, 2 * NOISE_FILES_PER_TYPE):
@@ -373,6 +369,14 @@ def room_impulse_response(rng):
     return rir / np.max(np.abs(rir))
 
 
+def _at_8k(path):
+    """A 16 kHz file's audio at 8 kHz (the wsj0-mix folders)."""
+    import librosa
+
+    audio, _ = sf.read(path)
+    return librosa.resample(audio, orig_sr=RATE, target_sr=8000)
+
+
 def _write(path, signal, rate=RATE):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sf.write(path, np.asarray(signal, dtype=np.float32), rate, subtype="PCM_16")
@@ -464,15 +468,9 @@ def make_dns(root, by_voice, train_ids, heldout_ids, train_paths, rng):
 def make_wsj0mix(out, by_voice, train_ids, heldout_ids, rng):
     """wsj0-2mix layout at 8 kHz: tr/cv from training voices, tt from pairs of held-out voices
     (relative level 0..5 dB); ``dm8k/`` holds the training utterances for dynamic mixing."""
-    import librosa
-
-    def at_8k(path):
-        audio, _ = sf.read(path)
-        return librosa.resample(audio, orig_sr=RATE, target_sr=8000)
-
     for voice in train_ids:
         for path in by_voice[voice]:
-            _write(os.path.join(out, "dm8k", os.path.basename(path)), at_8k(path), 8000)
+            _write(os.path.join(out, "dm8k", os.path.basename(path)), _at_8k(path), 8000)
     root = os.path.join(out, "wsj0-mix", "2speakers", "wav8k", "min")
     meta = []
     for split, ids, count in (("tr", train_ids, 200), ("cv", train_ids, 20), ("tt", heldout_ids, 45)):
@@ -480,7 +478,7 @@ def make_wsj0mix(out, by_voice, train_ids, heldout_ids, rng):
             first, second = rng.choice(ids, 2, replace=False)
             paths = [by_voice[first][int(rng.integers(len(by_voice[first])))],
                      by_voice[second][int(rng.integers(len(by_voice[second])))]]
-            sources = [at_8k(p) for p in paths]
+            sources = [_at_8k(p) for p in paths]
             length = min(len(s) for s in sources)
             relative = rng.uniform(0, 5) if split == "tt" else rng.uniform(0, 2.5)
             gains = [relative / 2, -relative / 2]
@@ -553,10 +551,8 @@ def ship(out, clip_seconds=3.0):
     scale = 0.5 / np.max(np.abs(noisy))
     sf.write(os.path.join(EXAMPLES, "noisy.wav"), noisy * scale, RATE, subtype="PCM_16")
     sf.write(os.path.join(EXAMPLES, "noisy_clean.wav"), clean * scale, RATE, subtype="PCM_16")
-    import librosa
-
     pair = [os.path.join(utterances, "v07", "v07u020.wav"), os.path.join(utterances, "e31", "e31u020.wav")]
-    sources = [librosa.resample(sf.read(p)[0], orig_sr=RATE, target_sr=8000) for p in pair]  # festival ked_diphone, espeak-ng en-029+f5
+    sources = [_at_8k(p) for p in pair]  # festival ked_diphone, espeak-ng en-029+f5
     length = min(4 * 8000, *(len(s) for s in sources))
     sources = np.stack([s[:length] / np.sqrt(np.mean(s[:length] ** 2)) * 10 ** (g / 20) for s, g in zip(sources, (1.0, -1.0))])
     scale = 0.9 / max(np.max(np.abs(sources.sum(0))), np.max(np.abs(sources)))
@@ -635,13 +631,11 @@ def last_model(run):
     """``RUN/model_last``: the recipe's exported model folder (``RUN/model``, the best validation
     checkpoint) with the weights of the run's last end-of-epoch checkpoint instead. The demo
     runs validate on 20-24 mixtures of training voices, too few to tell epochs apart."""
-    checkpoints = []
-    for folder in glob.glob(os.path.join(run, "save", "CKPT+*")):
-        with open(os.path.join(folder, "CKPT.yaml"), encoding="utf-8") as stream:
-            meta = dict(line.split(": ", 1) for line in stream.read().splitlines() if ": " in line)
-        if meta.get("end-of-epoch") == "true":
-            checkpoints.append((int(meta["epoch"]), folder))
-    epoch, checkpoint = max(checkpoints)
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    found = Checkpointer(os.path.join(run, "save")).find_checkpoint(
+        max_key="epoch", ckpt_predicate=lambda c: c.meta.get("end-of-epoch"))
+    epoch, checkpoint = found.meta["epoch"], str(found.path)
     target = os.path.join(run, "model_last")
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(os.path.join(run, "model"), target)
