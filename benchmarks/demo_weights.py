@@ -36,9 +36,14 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/demo_weights.py train-mossformer results/demo_weights --minutes 90
     python benchmarks/demo_weights.py evaluate results/demo_weights
     python benchmarks/demo_weights.py last-model results/demo_weights/frcrn  # -> frcrn/model_last
+    # a further stage, 4 -> 8 blocks, keeping the last 10 epochs, then their average:
+    OMP_NUM_THREADS=1 python benchmarks/demo_weights.py continue-mossformer results/demo_weights \
+        --start DIR --num-blocks 8 --keep-last-epochs 10 --output mossformer_stage7 --minutes 105
+    python benchmarks/demo_weights.py last-model results/demo_weights/mossformer_stage7 --keep-last-epochs 10
 """
 
 import argparse
+import copy
 import csv
 import functools
 import glob
@@ -584,7 +589,7 @@ def train_mossformer(out, minutes):
     subprocess.run(command, cwd=os.path.join(RECIPES, "WSJ0Mix", "separation"), check=True)
 
 
-def continue_frcrn(out, minutes, lr=5e-4, start=None, output="frcrn_stage2", mask_loss_weight=1.0):
+def continue_frcrn(out, minutes, lr=5e-4, start=None, output="frcrn_stage2", mask_loss_weight=1.0, keep_last_epochs=1):
     """A further stage from a trained model's weights (``start``, default the first run's best,
     ``OUT/frcrn/model``; passed to the recipe as official files through ``--pretrained_path``),
     on the current DNS folder, with the recipe's ``mask_loss_weight``. Writes ``OUT/<output>``."""
@@ -598,24 +603,47 @@ def continue_frcrn(out, minutes, lr=5e-4, start=None, output="frcrn_stage2", mas
     weights = os.path.join(out, f"{output}_start_official.bin")
     torch.save(frcrn_to_official(first.mods.model), weights)
     train_frcrn(out, minutes, output=output,
-                extra=["--pretrained_path", weights, "--finetune_lr", str(lr), "--mask_loss_weight", str(mask_loss_weight)])
+                extra=["--pretrained_path", weights, "--finetune_lr", str(lr), "--mask_loss_weight", str(mask_loss_weight),
+                       "--keep_last_epochs", str(keep_last_epochs)])
+
+
+def grown_mossformer(mods, num_blocks):
+    """``mods`` (encoder, masknet, decoder) with ``num_blocks`` blocks: after each trained block,
+    copies of it (round robin) whose output projection is zero, so each new block adds nothing
+    and the grown model computes what the trained one did; training then uses the new depth."""
+    import torch
+
+    blocks = list(mods.masknet.blocks)
+    if num_blocks < len(blocks):
+        raise ValueError(f"cannot grow {len(blocks)} blocks to {num_blocks}")
+    grown = [[block] for block in blocks]
+    for index in range(num_blocks - len(blocks)):
+        new = copy.deepcopy(blocks[index % len(blocks)])
+        with torch.no_grad():
+            new.to_out.linear.weight.zero_()
+            new.to_out.linear.bias.zero_()
+        grown[index % len(blocks)].append(new)
+    mods.masknet.blocks = torch.nn.ModuleList(block for group in grown for block in group)
+    return mods
 
 
 def continue_mossformer(out, minutes, lr=5e-4, patience=8, start=None, output="mossformer_stage2",
-                        speed_perturb=False):
+                        speed_perturb=False, num_blocks=None, keep_last_epochs=1):
     """A further stage from a trained model's weights (``start``, default the first run's best,
     ``OUT/mossformer/model``; passed to the recipe as official files through
     ``--pretrained_path``) with a fresh learning rate and a patient plateau schedule: the first
     run's halving (patience 2 on 50-step epochs) had cut the rate 256-fold while validation was
     still noisy. ``speed_perturb``: each source at 95/100/105 % speed (new pitch and tempo: more
-    voices). Writes ``OUT/<output>``."""
+    voices). ``num_blocks``: a deeper model, grown from the trained one (:func:`grown_mossformer`).
+    Writes ``OUT/<output>``."""
     from speechbrain_ext.convert import mossformer_to_official
     from speechbrain_ext.inference import SeparateMossFormer
 
     start = start or os.path.join(out, "mossformer", "model")
     first = SeparateMossFormer.from_hparams(source=os.path.abspath(start), savedir=tempfile.mkdtemp())
+    num_blocks = num_blocks or len(first.mods.masknet.blocks)
     weights = os.path.join(out, f"{output}_start_official")
-    mossformer_to_official(first.mods, weights, sample_rate=8000)
+    mossformer_to_official(grown_mossformer(first.mods, num_blocks), weights, sample_rate=8000)
     command = [sys.executable, "train.py", "hparams/mossformer_small.yaml",
                "--data_folder", os.path.join(out, "wsj0-mix", "2speakers"),
                "--output_folder", os.path.join(out, output), "--max_train_minutes", str(minutes),
@@ -623,26 +651,33 @@ def continue_mossformer(out, minutes, lr=5e-4, patience=8, start=None, output="m
                "--dynamic_mixing", "True", "--base_folder_dm", os.path.join(out, "dm8k"),
                "--segment_seconds", "2.0", "--batch_size", "4", "--num_workers", "0", "--number_of_epochs", "100000",
                "--use_speedperturb", str(speed_perturb), "--ckpt_interval_minutes", "5", "--n_audio_to_save", "3",
-               "--noprogressbar"]
+               "--num_blocks", str(num_blocks), "--keep_last_epochs", str(keep_last_epochs), "--noprogressbar"]
     subprocess.run(command, cwd=os.path.join(RECIPES, "WSJ0Mix", "separation"), check=True)
 
 
-def last_model(run):
-    """``RUN/model_last``: the recipe's exported model folder (``RUN/model``, the best validation
-    checkpoint) with the weights of the run's last end-of-epoch checkpoint instead. The demo
-    runs validate on 20-24 mixtures of training voices, too few to tell epochs apart."""
-    from speechbrain.utils.checkpoints import Checkpointer
+def last_model(run, epochs=1):
+    """``RUN/model_last`` (``RUN/model_avg<N>`` for ``epochs`` N > 1): the recipe's exported
+    model folder (``RUN/model``, the best validation checkpoint) with the weights of the run's
+    last end-of-epoch checkpoint, or the average of its last N (the run must have kept them:
+    ``--keep_last_epochs``). The demo runs validate on 20-24 mixtures of training voices, too
+    few to tell epochs apart; averaging the last epochs also smooths their noise."""
+    import torch
+    from speechbrain.utils.checkpoints import Checkpointer, average_checkpoints
 
-    found = Checkpointer(os.path.join(run, "save")).find_checkpoint(
-        max_key="epoch", ckpt_predicate=lambda c: c.meta.get("end-of-epoch"))
-    epoch, checkpoint = found.meta["epoch"], str(found.path)
-    target = os.path.join(run, "model_last")
+    found = Checkpointer(os.path.join(run, "save")).find_checkpoints(
+        max_key="epoch", ckpt_predicate=lambda c: c.meta.get("end-of-epoch"), max_num_checkpoints=epochs)
+    if len(found) < epochs:
+        raise SystemExit(f"{run}: {len(found)} end-of-epoch checkpoints kept, {epochs} asked")
+    target = os.path.join(run, "model_last" if epochs == 1 else f"model_avg{epochs}")
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(os.path.join(run, "model"), target)
     for name in os.listdir(target):
         if name.endswith(".ckpt"):
-            shutil.copyfile(os.path.join(checkpoint, name), os.path.join(target, name))
-    print(f"{target}: epoch {epoch} ({os.path.basename(checkpoint)})")
+            recoverable = name[: -len(".ckpt")]
+            averaged = average_checkpoints(found, recoverable)
+            torch.save(averaged, os.path.join(target, name))
+    epochs_used = ", ".join(str(c.meta["epoch"]) for c in found)
+    print(f"{target}: epoch(s) {epochs_used}")
     return target
 
 
@@ -788,6 +823,11 @@ def main(argv=None):
                         help="continue-mossformer: epochs without a better validation loss before the rate halves "
                              "(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=5e-4, help="continue-*: the starting learning rate (default: %(default)s)")
+    parser.add_argument("--num-blocks", type=int,
+                        help="continue-mossformer: grow the model to this many blocks (default: the start's)")
+    parser.add_argument("--keep-last-epochs", type=int, default=1,
+                        help="continue-*: end-of-epoch checkpoints the run keeps (default: %(default)s); "
+                             "last-model: how many of the last to average")
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
     if args.step == "corpus":
@@ -800,12 +840,13 @@ def main(argv=None):
         train_mossformer(out, args.minutes)
     elif args.step == "continue-frcrn":
         continue_frcrn(out, args.minutes, lr=args.lr, start=args.start, output=args.output or "frcrn_stage2",
-                       mask_loss_weight=args.mask_loss_weight)
+                       mask_loss_weight=args.mask_loss_weight, keep_last_epochs=args.keep_last_epochs)
     elif args.step == "continue-mossformer":
         continue_mossformer(out, args.minutes, lr=args.lr, start=args.start, output=args.output or "mossformer_stage2",
-                            speed_perturb=args.speed_perturb, patience=args.patience)
+                            speed_perturb=args.speed_perturb, patience=args.patience, num_blocks=args.num_blocks,
+                            keep_last_epochs=args.keep_last_epochs)
     elif args.step == "last-model":  # OUT is a training run's folder here
-        last_model(out)
+        last_model(out, epochs=args.keep_last_epochs)
     elif args.step == "ship":
         ship(out)
     else:

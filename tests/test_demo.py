@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -104,3 +105,60 @@ def test_extra_training_voices_keep_the_held_out_voices_out():
     assert len(set(variants.values())) == len(variants) == 60
     assert not any("klatt 3" in text for text in variants.values())
     assert all(f"+{name}" in v["voice"] for name, v in zip(variants, table))
+
+
+def test_grown_mossformer_computes_what_the_trained_one_did():
+    # ``continue-mossformer --num-blocks``: new blocks (copies with a zero output projection)
+    # after the trained ones; the deeper model starts from the same outputs, and trains.
+    from speechbrain_ext.lobes.models.mossformer import MossFormer
+
+    script = _demo_weights_script()
+    torch.manual_seed(0)
+    model = MossFormer(in_channels=16, out_channels=16, d_model=16, num_blocks=2, group_size=8, query_key_dim=8).eval()
+    for parameter in model.parameters():  # trained-looking weights: nothing zero
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    mix = torch.randn(2, 800)
+    with torch.no_grad():
+        before = model(mix)
+    trained = list(model.masknet.blocks)
+    script.grown_mossformer(model, 5)
+    blocks = list(model.masknet.blocks)
+    assert len(blocks) == 5 and blocks[0] is trained[0] and blocks[3] is trained[1]
+    with torch.no_grad():
+        assert torch.equal(model(mix), before)
+    added = blocks[1]
+    assert not added.to_out.linear.weight.any()
+    model.train()
+    model(mix).pow(2).mean().backward()
+    assert added.to_out.linear.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="cannot grow 5 blocks to 3"):
+        script.grown_mossformer(model, 3)
+
+
+def test_last_model_averages_the_last_epochs(tmp_path):
+    # ``last-model --keep-last-epochs N``: the exported folder with the mean of the last N
+    # end-of-epoch checkpoints' weights (intra-epoch ones and older epochs left out).
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    script = _demo_weights_script()
+    run = tmp_path / "run"
+    layer = torch.nn.Linear(3, 2)
+    checkpointer = Checkpointer(str(run / "save"), {"model": layer})
+    for epoch, value in enumerate([10.0, 1.0, 2.0, 6.0], start=1):
+        torch.nn.init.constant_(layer.weight, value)
+        checkpointer.save_checkpoint(meta={"epoch": epoch})
+    torch.nn.init.constant_(layer.weight, 100.0)
+    checkpointer.save_checkpoint(meta={"brain_intra_epoch_ckpt": True}, end_of_epoch=False)
+    (run / "model").mkdir()
+    (run / "model" / "hyperparams.yaml").write_text("# the model's card\n")
+    torch.save(layer.state_dict(), run / "model" / "model.ckpt")
+
+    averaged = script.last_model(str(run), epochs=3)
+    assert averaged == str(run / "model_avg3")
+    assert (run / "model_avg3" / "hyperparams.yaml").read_text() == "# the model's card\n"
+    weight = torch.load(run / "model_avg3" / "model.ckpt", weights_only=True)["weight"]
+    assert torch.allclose(weight, torch.full((2, 3), 3.0))  # (1 + 2 + 6) / 3
+    last = torch.load(os.path.join(script.last_model(str(run)), "model.ckpt"), weights_only=True)["weight"]
+    assert torch.equal(last, torch.full((2, 3), 6.0))
+    with pytest.raises(SystemExit, match="4 end-of-epoch checkpoints kept, 5 asked"):
+        script.last_model(str(run), epochs=5)

@@ -129,7 +129,7 @@ def test_recipe_trains_resumes_mid_epoch_and_evaluates(dns_folder, tmp_path):
     output = tmp_path / "run"
     command = recipe_command(
         "frcrn_small.yaml", dns_folder, output, *TINY, "--batch_size", "1", "--number_of_epochs", "2",
-        "--reverb_probability", "0.5", "--ckpt_interval_steps", "4",
+        "--reverb_probability", "0.5", "--ckpt_interval_steps", "4", "--keep_last_epochs", "2",
     )
     # First run: killed (SIGKILL, no clean-up) once a mid-epoch checkpoint is on disk.
     process = subprocess.Popen(command, cwd=RECIPE, env=recipe_env(), stdout=subprocess.DEVNULL,
@@ -186,6 +186,9 @@ def test_recipe_trains_resumes_mid_epoch_and_evaluates(dns_folder, tmp_path):
     assert not os.path.exists(broken)
     # The best model is exported (the second run's export replaced by the third's).
     best = min((c for c in checkpoints(output) if "loss" in read_meta(c)), key=lambda c: read_meta(c)["loss"])
+    # Kept: the best and the last two end-of-epoch checkpoints (--keep_last_epochs 2).
+    kept = {read_meta(c)["epoch"] for c in checkpoints(output) if read_meta(c).get("end-of-epoch")}
+    assert kept == {2, 3, read_meta(best)["epoch"]}
     exported = os.path.join(output, "model")
     loaded = EnhanceFRCRN.from_hparams(source=exported, savedir=exported)
     saved = torch.load(os.path.join(best, "model.ckpt"), weights_only=True)

@@ -166,7 +166,9 @@ class RecipeBrain(sb.Brain):
     - Statistics per stage: the loss, and the mean score of the estimates and its improvement
       over the inputs (named by ``SCORE_NAMES``); one JSON line per epoch in
       ``hparams.history_file``; the ``lr_scheduler`` (optional) follows the validation loss;
-      the checkpoint with the lowest validation loss is kept.
+      the checkpoint with the lowest validation loss is kept, and the last
+      ``keep_last_epochs`` end-of-epoch checkpoints (default 1), e.g. to average them
+      (:func:`speechbrain.utils.checkpoints.average_checkpoints`).
     - :meth:`validate_initial_model` validates the model before any update and hands the
       result to ``on_stage_end(Stage.VALID, loss, epoch=0)``.
     """
@@ -299,7 +301,10 @@ class RecipeBrain(sb.Brain):
             {"epoch": epoch, "lr": current_lr, "steps": self.train_steps, "resumed_at_step": self.resumed_at_step,
              "time": time.time(), "train": self.train_stats, "valid": stats}
         )
-        self.checkpointer.save_and_keep_only(meta={"epoch": epoch, **stats}, min_keys=["loss"])
+        self.checkpointer.save_and_keep_only(
+            meta={"epoch": epoch, **stats}, min_keys=["loss"], max_keys=["epoch"],
+            num_to_keep=getattr(self.hparams, "keep_last_epochs", 1),
+        )
 
     def validate_initial_model(self, valid_data, loader_kwargs):
         """Validation loss of the model before any update, handed to ``on_stage_end`` as
