@@ -690,12 +690,18 @@ def _table(rows, columns):
     return "\n".join(lines)
 
 
-def _grouped(rows, key, metrics):
+def _grouped(rows, key, metrics, total=None):
+    """Means per value of ``key``, then over all rows (``total``: the count that row shows;
+    default the number of rows)."""
     groups = {}
     for row in rows:
         groups.setdefault(row[key], []).append(row)
-    return [{key: name, "files": len(items), **{m: float(np.nanmean([r[m] for r in items])) for m in metrics}}
-            for name, items in sorted(groups.items())]
+
+    def means(name, items, count):
+        return {key: name, "files": count, **{m: float(np.nanmean([r[m] for r in items])) for m in metrics}}
+
+    return ([means(name, items, len(items)) for name, items in sorted(groups.items())]
+            + [means("all", rows, len(rows) if total is None else total)])
 
 
 def evaluate_frcrn(out, source):
@@ -791,7 +797,8 @@ def evaluate(out, frcrn_source, mossformer_source):
         rows = evaluate_mossformer(out, mossformer_source)
         metrics = ["si-snr_i", "sdr_i"] if "si-snr_i" in rows[0] else [k for k in rows[0] if k != "voice"]
         print("\n## MossFormer, held-out voices (mixtures of two held-out voices, 0-5 dB)\n")
-        print(_table(_grouped(rows, "voice", metrics), ["voice", "files", *metrics]))
+        # every mixture is a row for each of its two voices
+        print(_table(_grouped(rows, "voice", metrics, total=len(rows) // 2), ["voice", "files", *metrics]))
         results["mossformer"] = rows
         _write_rows(os.path.join(out, "heldout_mossformer.csv"), rows)
     return results
