@@ -127,7 +127,9 @@ def test_parity_official_size(tmp_path):
     assert sum(p.numel() for p in ours.parameters()) == 42_101_850
     mix = mixtures(2, 4003)  # 499 frames: one full group of 256 and a partial one
     with torch.inference_mode():
-        assert_parity(ours(mix), theirs(mix))
+        expected = theirs(mix)
+        assert_parity(ours(mix), expected)
+        assert_parity(ours.fuse_for_inference()(mix), expected)  # the interfaces' route
 
 
 def test_fused_for_inference_matches_the_plain_model(small_pair):
@@ -155,6 +157,68 @@ def test_in_place_gating_by_pieces_equals_the_plain_gating(monkeypatch, piece_el
     gated = mossformer_module._gate_in_place_(attended, hidden)
     assert gated.data_ptr() == attended[..., 8:].data_ptr()  # inside the attention output
     assert torch.equal(gated, whole) and torch.allclose(gated, plain, atol=1e-6)
+
+
+def test_gated_attention_by_groups_equals_the_plain_route():
+    # The fused CPU route (oneDNN products, one group at a time, gated into a new tensor) against
+    # the joint attention and the block's gating as autograd runs them: batch 2, 2 whole groups
+    # of 16 frames and a partial one of 5.
+    torch.manual_seed(0)
+    quad_q, quad_k, lin_q, lin_k = torch.randn(4, 2, 37, 8).unbind(0)
+    hidden = torch.randn(2, 37, 24)
+    attended = mossformer_module.relu2_local_global_attention(quad_q, quad_k, lin_q, lin_k, hidden, 16)
+    v, u = hidden.chunk(2, dim=-1)
+    attended_v, attended_u = attended.chunk(2, dim=-1)
+    expected = attended_u * v * torch.sigmoid(attended_v * u)
+    with torch.inference_mode():
+        gated = mossformer_module._gated_attention_by_groups(quad_q, quad_k, lin_q, lin_k, hidden, 16)
+    assert gated.shape == (2, 37, 12) and gated.is_contiguous()
+    assert torch.allclose(gated, expected, atol=1e-5)
+
+
+def test_prepacked_weights_follow_the_parameters(small_pair, tmp_path):
+    """A fused model's oneDNN-layout weight copies give the unpacked products' numbers, are
+    redone when the weights change after fusing, and never enter copies or saved models."""
+    if not mossformer_module._onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear")  # then nothing is prepacked
+    _, ours, directory = small_pair
+    mix = mixtures(1, ODD_LENGTHS[0])
+    fused = copy.deepcopy(ours).fuse_for_inference()
+    with torch.inference_mode():
+        packed = fused(mix)
+        weight = fused.masknet.blocks[0].to_hidden.linear.weight
+        assert id(weight) in mossformer_module._PREPACKED_WEIGHTS
+        for block in fused.masknet.blocks:
+            for feed_forward in (block.to_hidden, block.to_qk, block.to_out):
+                feed_forward.prepacked = False
+        assert torch.allclose(fused(mix), packed, atol=1e-6)
+    # New weights loaded into the fused model are used, not the stale copies.
+    other = mossformer_from_official(save_official(build_reference(SMALL, tmp_path, seed=11), tmp_path), **SMALL)
+    fused = copy.deepcopy(ours).fuse_for_inference()
+    with torch.inference_mode():
+        fused(mix)
+        fused.load_state_dict(other.state_dict())
+        assert torch.allclose(fused(mix), other.eval()(mix), atol=1e-6)
+    copy.deepcopy(fused)
+    torch.save(fused, tmp_path / "fused.pt")  # no opaque oneDNN tensor inside the module
+    cached = [id(p) for p in fused.parameters() if id(p) in mossformer_module._PREPACKED_WEIGHTS]
+    assert len(cached) == 3 * SMALL["num_blocks"]  # to_hidden, to_qk, to_out of each block
+    del fused, weight
+    assert not set(cached) & set(mossformer_module._PREPACKED_WEIGHTS)  # the copies went with the model
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_decoder_inference_route_equals_the_transposed_convolution(bias):
+    from speechbrain.lobes.models.dual_path import Decoder
+
+    decoder = mossformer_module.MossFormerDecoder(in_channels=32, kernel_size=16, stride=8, bias=bias)
+    for shape in [(2, 32, 99), (1, 32, 99), (3, 32, 1)]:
+        encoded = torch.randn(*shape)
+        expected = Decoder.forward(decoder, encoded)  # autograd on: SpeechBrain's transposed conv
+        with torch.inference_mode():
+            decoded = decoder(encoded)
+        assert decoded.shape == expected.shape == (shape[0], (shape[-1] - 1) * 8 + 16)
+        assert torch.allclose(decoded, expected, atol=1e-6)
 
 
 def test_gradients_match_reference(tmp_path):

@@ -23,6 +23,7 @@ Authors
 
 import functools
 import math
+import weakref
 
 import torch
 import torch.nn as nn
@@ -102,6 +103,23 @@ class MossFormerDecoder(Decoder):
             stride=stride,
             bias=bias,
         )
+
+    def forward(self, x):
+        """Decodes ``x`` [B, N, L] (or [N, L]) as SpeechBrain's ``Decoder`` does: [B, T] for one
+        output channel. Without autograd, on float32 CPU tensors, the transposed convolution runs
+        as one matrix product and an overlap-add (``F.fold``): 1 against 13 ms for [2, 512, 2999]
+        on 2 threads (PyTorch's CPU transposed convolution is slow for one output channel), equal
+        up to rounding."""
+        if x.dim() != 3 or not _cpu_inference(x, self.weight):
+            return super().forward(x)
+        (kernel_size,), (stride,) = self.kernel_size, self.stride
+        frames = x.shape[-1]
+        columns = self.weight.flatten(1).t() @ x  # [B, out * K, L]: each frame's K output samples
+        samples = (frames - 1) * stride + kernel_size
+        out = F.fold(columns, (1, samples), (1, kernel_size), stride=(1, stride)).squeeze(2)  # [B, out, T]
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        return out.squeeze(1) if out.shape[1] == 1 else out
 
 
 class ScaledSinusoidalEmbedding(nn.Module):
@@ -352,10 +370,20 @@ class ConvFeedForward(nn.Module):
         self.linear = nn.Linear(input_size, output_size)
         self.conv = DepthwiseTimeConv(output_size, kernel_size)
         self.dropout = Dropout(dropout)
+        #: Set by :meth:`MossFormerMaskNet.fuse_for_inference`: oneDNN products read a copy of
+        #: the linear weight kept in oneDNN's own layout (see :func:`_prepacked`).
+        self.prepacked = False
+
+    def train(self, mode=True):
+        if mode:
+            self.prepacked = False
+        return super().train(mode)
 
     def forward(self, x):
         """Maps [B, L, input_size] to [B, L, output_size]."""
         weight, bias = self.linear.weight, self.linear.bias
+        if self.prepacked and _use_onednn(x, weight):
+            weight = _prepacked(weight)
         if self.layer_norm is not None:
             hidden = _linear_silu(self.layer_norm(x), weight, bias)
             return self.dropout(self.conv(hidden, residual=True))
@@ -382,6 +410,45 @@ def _onednn_linear_available():
         return False
 
 
+@functools.lru_cache(maxsize=1)
+def _onednn_binary_available():
+    """Whether oneDNN's linear with an "add" post-op (``torch.ops.mkldnn._linear_pointwise.binary``)
+    runs here and agrees with ``F.linear`` plus the addend."""
+    try:
+        x, weight, other = torch.randn(3, 8), torch.randn(4, 8), torch.randn(3, 4)
+        fused = torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, None, "add")
+        return _onednn_linear_available() and torch.allclose(fused, F.linear(x, weight) + other, atol=1e-5)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+#: oneDNN-layout copies of the weights of fused models: ``id(weight) -> (data_ptr, version,
+#: copy)``, outside the modules (an opaque oneDNN tensor can be neither copied nor saved);
+#: an entry goes with its weight.
+_PREPACKED_WEIGHTS = {}
+
+
+def _prepacked(weight):
+    """``weight`` [out, in] reordered once into oneDNN's blocked layout, for
+    ``torch.ops.mkldnn._linear_pointwise`` (which otherwise reorders it at every call; Inductor's
+    frozen CPU graphs avoid that the same way): 1-3 % of a MossFormer pass at 3 s, for a second
+    copy of the blocks' linear weights (168 MB at the official size) while the model lives.
+    Reordered again if the weight was replaced or changed in place; ``weight`` itself where the
+    reorder is unavailable."""
+    key = (weight.data_ptr(), weight._version)
+    cached = _PREPACKED_WEIGHTS.get(id(weight))
+    if cached is not None and cached[:2] == key:
+        return cached[2]
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+    except (AttributeError, RuntimeError):
+        return weight
+    if cached is None:
+        weakref.finalize(weight, _PREPACKED_WEIGHTS.pop, id(weight), None)
+    _PREPACKED_WEIGHTS[id(weight)] = (*key, packed)
+    return packed
+
+
 def _linear_silu(x, weight, bias, silu=True):
     """``silu(F.linear(x, weight, bias))`` (only the product if not ``silu``).
 
@@ -396,15 +463,20 @@ def _linear_silu(x, weight, bias, silu=True):
     return _silu(out) if silu else out
 
 
-def _use_onednn(*tensors):
-    """Whether products of ``tensors`` go to oneDNN: float32 CPU tensors, no graph being built,
-    not exporting, and oneDNN's linear available."""
+def _cpu_inference(*tensors):
+    """Whether ``tensors`` are float32 CPU tensors used with no graph being built, outside export:
+    where our inference-only CPU routes apply."""
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.compiler.is_exporting()
-        and _onednn_linear_available()
     )
+
+
+def _use_onednn(*tensors):
+    """Whether products of ``tensors`` go to oneDNN: :func:`_cpu_inference` and oneDNN's linear
+    available."""
+    return _cpu_inference(*tensors) and _onednn_linear_available()
 
 
 def _batched_product(a, b):
@@ -738,6 +810,10 @@ class MossFormerBlock(nn.Module):
             sample_mask = dropout.sample_mask if dropout.training and dropout.p > 0 else None
             gated = _GatedJointAttention.apply(quad_q, quad_k, lin_q, lin_k, hidden, self.group_size, sample_mask)
             return self.to_out(gated) + x
+        if (self.inplace_gating and not self.causal and hidden.is_contiguous()
+                and _use_onednn(hidden, quad_q, lin_q) and _onednn_binary_available()):
+            gated = _gated_attention_by_groups(quad_q, quad_k, lin_q, lin_k, hidden, self.group_size)
+            return self.to_out(gated) + x
         attended = relu2_local_global_attention(
             quad_q,
             quad_k,
@@ -781,6 +857,37 @@ def _gate_in_place_(attended, hidden):
             for start in range(0, item.shape[0], rows):
                 gate_(item[start : start + rows], values[start : start + rows])
     return attended.chunk(2, dim=-1)[1]
+
+
+def _gated_attention_by_groups(quad_q, quad_k, lin_q, lin_k, hidden, group_size):
+    """``a_u * v * sigmoid(a_v * u)`` for ``hidden`` = ``[v | u]`` [B, L, E] and its non-causal
+    joint attention ``[a_v | a_u]``, one group of frames at a time through oneDNN's linear
+    (float32 CPU inference; see :func:`_use_onednn`). Returns a new contiguous [B, L, E / 2].
+
+    Each group's local product ``weights @ values`` and its sum with the group's rows of the
+    linear attention are one oneDNN product with an "add" post-op (0.85 of ``baddbmm_``'s time
+    on this CPU), and the group's [group_size, E] result is gated while it is in cache, into a
+    contiguous output that ``to_out`` reads without a copy. The same formula as
+    :func:`relu2_local_global_attention` and the block's gating, up to the products' rounding.
+    ``hidden`` must be contiguous: oneDNN reads each group's values as a transposed weight, and
+    with other strides it falls back to a reference kernel hundreds of times slower.
+    """
+    batch, length, width = hidden.shape
+    linear = _linear_attention(lin_q, lin_k, hidden, group_size, causal=False)  # [B, L, E]
+    gated = hidden.new_empty(batch, length, width // 2)
+    for b in range(batch):
+        for start, stop, size in _local_segments(length, group_size):
+            q = quad_q[b, start:stop].unflatten(0, (-1, size))  # [groups, size, Q]
+            k = quad_k[b, start:stop].unflatten(0, (-1, size))
+            all_weights = F.relu(q @ k.transpose(-1, -2) / group_size, inplace=True).square_()
+            for first, weights in zip(range(start, stop, size), all_weights):
+                rows = slice(first, first + size)
+                values = hidden[b, rows]
+                attended = torch.ops.mkldnn._linear_pointwise.binary(weights, linear[b, rows], values.t(), None, "add")
+                v, u = values.chunk(2, dim=-1)
+                attended_v, attended_u = attended.chunk(2, dim=-1)
+                torch.mul(attended_u, v, out=gated[b, rows]).mul_(attended_v.mul_(u).sigmoid_())
+    return gated
 
 
 def _use_gated_joint_attention(hidden, causal):
@@ -919,6 +1026,8 @@ class MossFormerMaskNet(nn.Module):
         self.recycles_memory = True
         for block in self.blocks:
             block.inplace_gating = True
+            for feed_forward in (block.to_hidden, block.to_qk, block.to_out):
+                feed_forward.prepacked = True
         return self
 
     def train(self, mode=True):
