@@ -17,7 +17,6 @@ Goals (issue 18): packed batches >= 1.5x one file per pass for files under 5 s; 
 import argparse
 import csv
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import time
 import numpy as np
 import soundfile as sf
 import torch
+
+from machine import cpu_description
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # seeded reference models (conftest)
@@ -93,7 +94,7 @@ def main():
             ("mixed", mixed, mixed_audio, 1, 1), ("mixed", mixed, mixed_audio, 2, 1),
             ("mixed", mixed, mixed_audio, 2, args.batch_size),
         ]
-        print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}, "
+        print(f"# {cpu_description()}, torch {torch.__version__}, device {args.device}, "
               f"{args.threads} thread(s) per process, model {args.model or 'official-size FRCRN (random weights)'}")
         print("| corpus | audio | processes | files per pass | wall time | audio s / wall s | audio s / busy s |")
         print("|---|---|---|---|---|---|---|")

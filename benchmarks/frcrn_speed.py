@@ -10,7 +10,6 @@ Usage: python benchmarks/frcrn_speed.py [--seconds 10 60] [--threads 2] [--repea
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import tempfile
 import time
 
 import torch
+
+from machine import cpu_description
 
 SAMPLE_RATE = 16000
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -94,8 +95,8 @@ def main():
                 f"| {seconds:g} s | {ref['time']:.2f} s | {ours['time']:.2f} s | {ours['time'] / ref['time']:.2f} | "
                 f"{ref['peak_mb']:.0f} MB | {ours['peak_mb']:.0f} MB | {diff:.1e} |"
             )
-    print(f"FRCRN, official size, random weights; CPU {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, inference mode\n")
+    print(f"FRCRN, official size, random weights; CPU {cpu_description()}, "
+          f"torch {torch.__version__}, {args.threads} threads, inference mode\n")
     print("| audio | reference time | ours time | ours/ref | reference peak RSS | ours peak RSS | max abs diff |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))

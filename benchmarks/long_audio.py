@@ -13,7 +13,6 @@ RTF at 60 min within 1.2x of RTF at 10 min.
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 import numpy as np
 import soundfile as sf
 import torch
+
+from machine import cpu_description
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # seeded reference models (conftest)
@@ -112,7 +113,7 @@ def main():
                             f"{stats['peak_mb']:.0f} MB |")
                 print(rows[-1], flush=True)
                 os.remove(path)
-    print(f"\nOfficial-size models, random weights; {platform.machine()}, {os.cpu_count()} cores, "
+    print(f"\nOfficial-size models, random weights; {cpu_description()}, "
           f"torch {torch.__version__}, {args.threads} threads, default chunking (enhancers 10 s; MossFormer 30 s, MossFormer2 15 s)\n")
     print("| task | audio | wall time | RTF (wall) | RTF (CPU time) | peak RSS |")
     print("|---|---|---|---|---|---|")

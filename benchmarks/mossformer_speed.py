@@ -33,6 +33,8 @@ import time
 
 import torch
 
+from machine import cpu_description
+
 THREADS = 2
 SAMPLE_RATES = {"mossformer": 8000, "mossformer2": 16000, "mossformer2_se": 48000, "mossformergan": 16000}
 TITLES = {"mossformer": "MossFormer (8 kHz)", "mossformer2": "MossFormer2 separation (16 kHz)",
@@ -280,7 +282,7 @@ def main():
     table = "\n".join(rows)
     header = (
         f"{TITLES[args.model]}, official size, "
-        f"random weights, CPU, torch {torch.__version__}, "
+        f"random weights, CPU {cpu_description()}, torch {torch.__version__}, "
         f"{THREADS} threads, inference_mode, fastest of {args.repeats} run(s); "
         f"load average at the end: {os.getloadavg()[0]:.2f}\n\n"
     )

@@ -15,11 +15,12 @@ Usage::
 import argparse
 import importlib.util
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+from machine import cpu_description
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -65,7 +66,7 @@ def main():
                       ["--segment_seconds", "2.0"], args.threads)
         rows.append(f"| wsj0-2mix, MossFormer official size | 8 mixtures, 2 s segments, batch 1 | {seconds:.1f} s |")
     print(f"One-epoch recipe runs (train + validation + test + export), {code}; CPU "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads\n")
+          f"{cpu_description()}, {args.threads} threads\n")
     print("| recipe | data | wall time |\n|---|---|---|")
     print("\n".join(rows))
 

@@ -13,7 +13,6 @@ Usage: python benchmarks/streaming.py [--seconds 10] [--threads 1] [--configs of
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -22,6 +21,8 @@ import torch.nn.functional as F
 
 from speechbrain_ext.inference.streaming import FRCRNStreamer
 from speechbrain_ext.lobes.models.frcrn import FRCRN
+
+from machine import cpu_description
 
 CONFIGS = {
     "official": dict(channels=128, fsmn_hidden=128, fsmn_order=20),
@@ -95,8 +96,8 @@ def main():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"\nFRCRNStreamer, one hop ({hop_ms:.0f} ms) per call, {args.seconds:g} s of audio per configuration; "
-        f"{args.threads} thread(s), torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {load:.2f} at the end\n"
+        f"{args.threads} thread(s), torch {torch.__version__}, {cpu_description()}, "
+        f"load average {load:.2f} at the end\n"
     )
     print("| config (channels/fsmn_hidden/fsmn_order) | params | latency ms | mean ms/hop | p95 ms/hop "
           "| mean CPU ms/hop | p95 CPU ms/hop | RTF | max abs stream - offline (all / after 1st hop) |")

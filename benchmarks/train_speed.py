@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import tempfile
 import time
 
 import torch
+
+from machine import cpu_description
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # the seeded reference models live there
@@ -177,7 +178,7 @@ def main():
                         f"{max(peaks['reference']):.0f} MB | {max(peaks['ours']):.0f} MB |")
             print(rows[-1], file=sys.stderr, flush=True)
     print(f"Training step (forward + official loss + backward + Adam), official sizes, random weights; "
-          f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"CPU {cpu_description()}, torch {torch.__version__}, "
           f"{args.threads} threads, fastest of {args.rounds * args.repeats} steps per implementation "
           f"({args.rounds} processes each, alternating, one warm-up step each)\n")
     print("| model | batch | reference | ours | ours/ref | reference peak RSS | ours peak RSS |")
