@@ -139,7 +139,7 @@ def load_model(model_name, implementation, directory):
         if implementation == "ours":
             from speechbrain_ext.convert import mossformer_gan_from_official
 
-            return _WithSourceAxis(mossformer_gan_from_official(checkpoint))
+            return _WithSourceAxis(mossformer_gan_from_official(checkpoint).fuse_for_inference())  # as the interface
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
         from conftest import MOSSFORMER_GAN_ARGS
         from clearvoice.models.mossformer_gan_se.generator import MossFormerGAN_SE_16K

@@ -92,8 +92,12 @@ def test_fused_for_inference_matches_the_plain_model(small_pair):
     _, ours = small_pair
     mix = mixtures(1, ODD_LENGTHS[0], seed=1)
     fused = mossformer2_from_official(mossformer2_to_official(ours), **SMALL).fuse_for_inference()
+    recurrences = fused.masknet.recurrences
+    assert all(r.prepacked and r.to_memory.prepacked and r.to_gate.prepacked for r in recurrences)
     with torch.no_grad():
         assert torch.allclose(fused(mix), ours(mix), atol=1e-6)
+    fused.train()  # training reads the parameters themselves again
+    assert not any(r.prepacked or r.to_memory.prepacked or r.to_gate.prepacked for r in recurrences)
 
 
 def test_training_gradients_match_reference_for_every_parameter():

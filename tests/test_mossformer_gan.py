@@ -72,6 +72,29 @@ def test_batch_items_match_single_runs(official_pair):
             assert_close_to_peak(together[item], ours(batch[item : item + 1])[0], 1e-5)
 
 
+@pytest.mark.parametrize("itemwise_from", [1, 10**9])  # every sequence one item at a time / none
+def test_inference_route_equals_the_autograd_route(monkeypatch, itemwise_from):
+    """Without a graph, the units' attention adds its parts in place (score maps item by item
+    through oneDNN, or batched and transformed in place): the same sums as autograd's route."""
+    monkeypatch.setattr(gan_module, "ITEMWISE_ATTENTION_LENGTH", itemwise_from)
+    torch.manual_seed(0)
+    model = MossFormerGANSE(**TINY).eval()
+    for name, tensor in model.state_dict().items():  # make the attention matter
+        if name.endswith("qk_gain"):
+            tensor.normal_()
+    batch = noisy(2, 2003, seed=4)
+    autograd_route = model(batch)  # parameters require gradients: a graph is built
+    assert autograd_route.requires_grad
+    with torch.no_grad():
+        assert_close_to_peak(model(batch), autograd_route.detach(), 1e-6)
+        fused = model.fuse_for_inference()
+        assert fused.recycles_memory
+        assert_close_to_peak(fused(batch), autograd_route.detach(), 1e-6)
+    fused.train()
+    assert not fused.recycles_memory
+    assert not any(getattr(m, "prepacked", False) for m in fused.modules())
+
+
 def test_round_trip_and_strictness(official_pair, tmp_path):
     theirs, ours = official_pair
     state = theirs.state_dict()

@@ -370,20 +370,18 @@ class ConvFeedForward(nn.Module):
 
     def forward(self, x):
         """Maps [B, L, input_size] to [B, L, output_size]."""
-        weight, bias = self.linear.weight, self.linear.bias
-        if self.prepacked and _use_onednn(x, weight):
-            weight = _prepacked(weight)
+        weight, bias = _linear_weight(self.linear.weight, x, self.prepacked), self.linear.bias
         if self.layer_norm is not None:
-            hidden = _linear_silu(self.layer_norm(x), weight, bias)
+            hidden = _linear(self.layer_norm(x), weight, bias, "swish")
             return self.dropout(self.conv(hidden, residual=True))
         root = math.sqrt(x.shape[-1])
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         scale = self.gain * root / norm.clamp_min(self.eps * root)  # ScaleNorm, per frame
         # A per-frame factor commutes with the linear map: apply it on the narrower side.
         if self.linear.in_features <= self.linear.out_features:
-            hidden = _linear_silu(x * scale, weight, bias)
+            hidden = _linear(x * scale, weight, bias, "swish")
         else:
-            hidden = _silu(torch.addcmul(bias, _linear_silu(x, weight, None, silu=False), scale))
+            hidden = _silu(torch.addcmul(bias, _linear(x, weight, None), scale))
         return self.dropout(self.conv(hidden, residual=True))
 
 
@@ -438,18 +436,34 @@ def _prepacked(weight):
     return packed
 
 
-def _linear_silu(x, weight, bias, silu=True):
-    """``silu(F.linear(x, weight, bias))`` (only the product if not ``silu``).
+def _linear_weight(weight, x, prepacked):
+    """The weight a product of ``x`` with ``weight`` reads: its oneDNN-layout copy
+    (:func:`_prepacked`) where the module is ``prepacked`` and the product goes to oneDNN,
+    else ``weight`` itself."""
+    return _prepacked(weight) if prepacked and _use_onednn(x, weight) else weight
 
-    Without autograd, float32 CPU inputs go to oneDNN's linear with the SiLU fused in: at
-    MossFormer's sizes its product takes 0.65-0.8 of the time of ``addmm`` (MKL), e.g. 31.6
-    against 47.3 ms for [2999, 512] x [512, 2048] on 2 threads, and the SiLU needs no pass of
-    its own. Its rounding differs from MKL's by a few 1e-7 of the output's scale.
+
+#: The activations :func:`_linear` applies, by oneDNN's names.
+_ACTIVATIONS = {"swish": F.silu, "relu": F.relu}
+
+
+def _linear(x, weight, bias, activation="none"):
+    """``activation(F.linear(x, weight, bias))``, ``activation`` one of ``"none"``, ``"swish"``
+    (SiLU) and ``"relu"``.
+
+    Without autograd, float32 CPU inputs go to oneDNN's linear with the activation fused in:
+    at MossFormer's sizes its product took 0.65-0.8 of the time of ``addmm`` (MKL) on an AVX2-rate
+    AMD EPYC (31.6 against 47.3 ms for [2999, 512] x [512, 2048] on 2 threads), and on one with
+    AVX-512, which MKL does not use on AMD, under half; the activation needs no pass of its
+    own. Its rounding differs from MKL's by a few 1e-7 of the output's scale. Elsewhere the
+    activation runs in place when no graph is built (see :func:`_silu`).
     """
     if _use_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "swish" if silu else "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
     out = F.linear(x, weight, bias)
-    return _silu(out) if silu else out
+    if activation == "none":
+        return out
+    return _ACTIVATIONS[activation](out, inplace=not (torch.is_grad_enabled() and out.requires_grad))
 
 
 def _cpu_inference(*tensors):

@@ -33,6 +33,8 @@ from speechbrain_ext.lobes.models.mossformer import (
     DepthwiseTimeConv,
     MossFormer,
     MossFormerMaskNet,
+    _linear,
+    _linear_weight,
     _TimeMajorDepthwiseConv,
 )
 
@@ -285,15 +287,28 @@ class GatedFSMNBlock(nn.Module):
             self.memory = PlainMemory(channels, memory_order)
         self.output_norm = nn.LayerNorm(channels)
         self.output_proj = nn.Linear(channels, d_model)
+        #: Set by :meth:`MossFormer2MaskNet.fuse_for_inference`: oneDNN products read copies of
+        #: the linear weights in oneDNN's layout (see :func:`~speechbrain_ext.lobes.models.mossformer._prepacked`).
+        self.prepacked = False
+
+    def train(self, mode=True):
+        if mode:
+            self.prepacked = False
+        return super().train(mode)
 
     def forward(self, x):
         """Returns the [B, L, d_model] output for ``x`` [B, L, d_model]."""
-        h = self.input_norm(self.input_activation(self.input_proj(x)))
+        h = self.input_norm(self.input_activation(self._project(self.input_proj, x)))
         u = self.to_memory(h)
-        projected = self.memory_project(F.relu(self.memory_hidden(u)))
+        projected = self._project(self.memory_project, self._project(self.memory_hidden, u, "relu"))
         u = u + self.memory(projected)
         h = torch.addcmul(h, self.to_gate(h), u)
-        return self.output_proj(self.output_norm(h)) + x
+        return self._project(self.output_proj, self.output_norm(h)) + x
+
+    def _project(self, layer, x, activation="none"):
+        """``activation(layer(x))`` for one of the block's ``nn.Linear`` layers; without autograd
+        on CPU through oneDNN's linear (see :func:`~speechbrain_ext.lobes.models.mossformer._linear`)."""
+        return _linear(x, _linear_weight(layer.weight, x, self.prepacked), layer.bias, activation)
 
 
 class MossFormer2MaskNet(MossFormerMaskNet):
@@ -354,6 +369,16 @@ class MossFormer2MaskNet(MossFormerMaskNet):
             GatedFSMNBlock(out_channels, fsmn_channels, memory_order, memory_depth, attn_dropout, memory)
             for _ in range(num_blocks)
         )
+
+    def fuse_for_inference(self):
+        """As :meth:`MossFormerMaskNet.fuse_for_inference
+        <speechbrain_ext.lobes.models.mossformer.MossFormerMaskNet.fuse_for_inference>`; the
+        recurrent modules' linear weights are prepacked too. Returns self."""
+        super().fuse_for_inference()
+        for recurrence in self.recurrences:
+            recurrence.prepacked = True
+            recurrence.to_memory.prepacked = recurrence.to_gate.prepacked = True
+        return self
 
     def _block_stack(self, h, rotation):
         for block, recurrence in zip(self.blocks, self.recurrences):

@@ -34,8 +34,11 @@ from speechbrain_ext.lobes.models.mossformer import (
     ConvFeedForward,
     DepthwiseTimeConv,
     RotaryEmbedding,
+    _batched_product,
     _token_shift,
+    _use_onednn,
 )
+from speechbrain_ext.memory import recycled_memory
 from speechbrain_ext.nnet.dropout import Dropout
 from speechbrain_ext.nnet.stft import FramedISTFT, FramedSTFT
 
@@ -158,20 +161,65 @@ class GridMossFormer(nn.Module):
         heads = torch.addcmul(self.qk_bias[:, None, None], self.to_qk(shifted), self.qk_gain[:, None, None])
         quad_q, lin_q, quad_k, lin_k = RotaryEmbedding.rotate_(heads, *self.rotary(length)).unbind(0)
 
-        weights = F.relu(quad_q @ quad_k.transpose(-1, -2) / length).square()
-        out = self.attention_dropout(weights) @ hidden
-
         def across(t):  # [B * R, N, C] -> [B, N, R, C]: the rows of each position
             return t.view(batch, rows, length, -1).transpose(1, 2)
 
-        cross = F.relu(across(quad_q) @ across(quad_k).transpose(-1, -2) / rows).square()
-        cross = cross * (1 - torch.eye(rows, device=cross.device, dtype=cross.dtype))  # no row attends to itself
-        out = out + (self.attention_dropout(cross) @ across(hidden)).transpose(1, 2).reshape_as(out)
-        out = out + lin_q @ (lin_k.transpose(-1, -2) @ hidden / length)
+        if self.training or _builds_graph(hidden, quad_q) or torch.compiler.is_exporting():
+            weights = F.relu(quad_q @ quad_k.transpose(-1, -2) / length).square()
+            out = self.attention_dropout(weights) @ hidden
+            cross = F.relu(across(quad_q) @ across(quad_k).transpose(-1, -2) / rows).square()
+            cross = cross * (1 - torch.eye(rows, device=cross.device, dtype=cross.dtype))  # no row attends to itself
+            out = out + (self.attention_dropout(cross) @ across(hidden)).transpose(1, 2).reshape_as(out)
+            out = out + lin_q @ (lin_k.transpose(-1, -2) @ hidden / length)
+        else:
+            # The same sums in eval mode without a graph: the linear attention first, then
+            # each relu² attention added in place, its score maps ([B * R, N, N] and [B, N, R, R],
+            # 166 MB each for 4 s) either one item at a time (long sequences, oneDNN) or written
+            # once and transformed in place.
+            summary = _batched_product(lin_k.transpose(-1, -2), hidden).div_(length)  # [B * R, Q, E]
+            out = _batched_product(lin_q, summary)
+            _add_relu2_attention_(out, quad_q, quad_k, hidden, length)
+            for item in range(batch):  # across rows: the items are the positions of each grid
+                _add_relu2_attention_(across(out)[item], across(quad_q)[item], across(quad_k)[item],
+                                      across(hidden)[item], rows, exclude_self=True)
 
         v, u = hidden.chunk(2, dim=-1)
         attended_v, attended_u = out.chunk(2, dim=-1)
         return x + self.to_out(attended_u * v * torch.sigmoid(attended_v * u))
+
+
+#: Sequences at least this long take :func:`_add_relu2_attention_` one item at a time.
+ITEMWISE_ATTENTION_LENGTH = 256
+
+
+def _add_relu2_attention_(out, q, k, values, scale, exclude_self=False):
+    """``out[i] += relu(q[i] @ k[i]^T / scale)^2 @ values[i]`` for the items ``i`` of ``q``, ``k``
+    [I, N, Q], ``values`` [I, N, E] and ``out`` [I, N, E] (any strides: ``out`` may be a view),
+    without a graph; with ``exclude_self`` the scores' diagonal is zeroed (no position attends
+    to itself).
+
+    Long sequences (from :data:`ITEMWISE_ATTENTION_LENGTH`) on oneDNN's route go one item at a
+    time through oneDNN's linear, so that each [N, N] score map stays in cache; otherwise all
+    score maps are one batched product, transformed in place.
+    """
+    if q.shape[1] >= ITEMWISE_ATTENTION_LENGTH and _use_onednn(q, k, values):
+        q, k, values = q.contiguous(), k.contiguous(), values.contiguous()  # oneDNN's fast layouts
+        product = torch.ops.mkldnn._linear_pointwise
+        for item, (q_i, k_i, values_i) in enumerate(zip(q, k, values)):
+            scores = product(q_i, k_i, None, "none", [], "").div_(scale).relu_().square_()
+            if exclude_self:
+                scores.diagonal().zero_()
+            out[item].add_(product(scores, values_i.t(), None, "none", [], ""))
+        return out
+    scores = (q @ k.transpose(-1, -2)).div_(scale).relu_().square_()
+    if exclude_self:
+        scores.diagonal(dim1=-2, dim2=-1).zero_()
+    return out.add_(scores @ values)
+
+
+def _builds_graph(*tensors):
+    """Whether autograd records operations on ``tensors`` (then no in-place shortcuts)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 class ChannelNorm(nn.Module):
@@ -443,6 +491,7 @@ class MossFormerGANSE(nn.Module):
         self.generator = MossFormerGANGenerator(win_len // 2 + 1, channels, num_blocks, hidden_channels,
                                                 query_key_dim, heads, qk_channels)
         self.register_buffer("window", torch.hamming_window(win_len, periodic=True), persistent=False)
+        self.recycles_memory = False  # see fuse_for_inference
 
     @property
     def config(self):
@@ -457,8 +506,41 @@ class MossFormerGANSE(nn.Module):
             qk_channels=block.fullband.queries[0][0].out_channels,
         )  # fmt: skip
 
+    def fuse_for_inference(self):
+        """Inference only: :meth:`forward` runs in :func:`~speechbrain_ext.memory.recycled_memory`
+        (a 4 s input's attention maps are 166 MB each: kept in the process, their pages are reused
+        by the next block instead of faulted in afresh) and the MossFormer units' linear weights
+        are prepacked for oneDNN. Puts the model in eval mode; ``train()`` undoes it. Returns self.
+
+        Example
+        -------
+        >>> model = MossFormerGANSE(win_len=40, win_inc=10, channels=16, num_blocks=1, hidden_channels=32,
+        ...                         query_key_dim=16, qk_channels=3).eval()
+        >>> noisy = 0.1 * torch.randn(1, 500)
+        >>> with torch.no_grad():
+        ...     plain = model(noisy)
+        ...     fused = model.fuse_for_inference()(noisy)
+        >>> torch.allclose(plain, fused, atol=1e-6)
+        True
+        """
+        self.eval()
+        self.recycles_memory = True
+        for module in self.modules():
+            if isinstance(module, ConvFeedForward):
+                module.prepacked = True
+        return self
+
+    def train(self, mode=True):
+        if mode:
+            self.recycles_memory = False
+        return super().train(mode)
+
     def forward(self, noisy):
         """Enhances ``noisy`` [B, T] (more than ``win_len // 2`` samples); returns [B, T]."""
+        with recycled_memory(self.recycles_memory):
+            return self._enhance(noisy)
+
+    def _enhance(self, noisy):
         length = noisy.shape[-1]
         if length <= self.win_len // 2:
             raise ValueError(f"input of {length} samples is too short: more than {self.win_len // 2} needed")
