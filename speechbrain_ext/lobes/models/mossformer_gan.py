@@ -35,6 +35,7 @@ from speechbrain_ext.lobes.models.mossformer import (
     DepthwiseTimeConv,
     RotaryEmbedding,
     _batched_product,
+    _linear,
     _token_shift,
     _use_onednn,
 )
@@ -72,7 +73,8 @@ class SequenceFSMN(nn.Module):
         self.conv = DepthwiseTimeConv(channels, 2 * order - 1)
 
     def forward(self, x):
-        return x + self.conv(self.project(F.relu(self.hidden(x))), residual=True)
+        hidden = _linear(x, self.hidden.weight, self.hidden.bias, "relu")  # oneDNN without a graph
+        return x + self.conv(_linear(hidden, self.project.weight, None), residual=True)
 
 
 class CausalDenseBlock(nn.Module):
@@ -349,8 +351,9 @@ class FullBandAttention(nn.Module):
         for query, key, value in zip(self.queries, self.keys, self.values):
             q, k = (proj(x).transpose(1, 2).flatten(2) for proj in (query, key))  # [B, T, qk * F]
             v = value(x)
-            weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
-            out = weights @ v.transpose(1, 2).flatten(2)  # [B, T, head * F]
+            # (Products of contiguous items: through oneDNN without a graph.)
+            weights = torch.softmax(_batched_product(q, k.transpose(1, 2)) / math.sqrt(q.shape[-1]), dim=-1)
+            out = _batched_product(weights, v.transpose(1, 2).flatten(2))  # [B, T, head * F]
             heads.append(out.view(batch, frames, -1, bins).transpose(1, 2))
         return self.output(torch.cat(heads, dim=1)) + x
 
