@@ -8,7 +8,7 @@ Example
 -------
 >>> from machine import cpu_description  # doctest: +SKIP
 >>> cpu_description()  # doctest: +SKIP
-'AMD EPYC (x86_64, family 26 model 2, AVX-512), 2 cores'
+'AMD EPYC (x86_64, family 26 model 2, AVX-512), 2 CPUs'
 """
 
 import os
@@ -31,8 +31,8 @@ def _cpuinfo_fields(path="/proc/cpuinfo"):
 
 
 def cpu_description():
-    """``"<model> (<arch>, family F model M, AVX-512 | AVX2), N cores"`` on Linux; the platform's
-    own names elsewhere."""
+    """``"<model> (<arch>, family F model M, AVX-512 | AVX2), N CPUs"`` on Linux (N: the logical
+    CPUs this process may run on); the platform's own names elsewhere."""
     fields = _cpuinfo_fields()
     name = fields.get("model name") or platform.processor() or platform.machine()
     details = [platform.machine()]
@@ -43,7 +43,8 @@ def cpu_description():
         details.append("AVX-512")
     elif "avx2" in flags:
         details.append("AVX2")
-    return f"{name} ({', '.join(details)}), {os.cpu_count()} cores"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name} ({', '.join(details)}), {cpus} CPUs"
 
 
 if __name__ == "__main__":

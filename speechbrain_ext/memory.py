@@ -9,8 +9,9 @@ took 0.65-0.74 million page faults and 1.3-1.9 s of system time.
 
 :func:`recycled_memory` keeps freed memory in the process for the duration of a pass (no mmap
 for large blocks, no trimming), so the next layer reuses the pages the last one freed, and
-gives what is left back to the system afterwards (``malloc_trim``). ``FRCRN.forward`` and
-``MossFormerMaskNet.forward`` run in it after ``fuse_for_inference()``, and
+gives what is left back to the system afterwards (``malloc_trim``). ``FRCRN.forward``,
+``MossFormerMaskNet.forward`` and ``MossFormerGANSE.forward`` run in it after
+``fuse_for_inference()``, and
 ``RecipeBrain.fit`` (:mod:`speechbrain_ext.training.brain`) runs a whole training in it: every
 step allocates and frees the same maps as the one before (a MossFormer step at 1 s otherwise
 faults 0.2 million pages back in).

@@ -89,6 +89,12 @@ def read_meta(checkpoint):
         return yaml.safe_load(stream) or {}
 
 
+def latest_checkpoint(output_folder):
+    """The checkpoint saved last, by its recorded save time as SpeechBrain orders them: names
+    are not in save order when several fall in one second (a freed ``+NN`` suffix is reused)."""
+    return max(checkpoints(output_folder), key=lambda c: read_meta(c)["unixtime"])
+
+
 def complete_intra_epoch_checkpoint(output_folder):
     """An intra-epoch checkpoint with every file written, or None."""
     expected = ("model", "counter", "lr_scheduler", "brain", "dataloader-TRAIN", "optimizer", "complete")
@@ -162,7 +168,7 @@ def test_recipe_trains_resumes_mid_epoch_and_evaluates(dns_folder, tmp_path):
         log_lines = stream.read().splitlines()
     assert [line.split(",")[0] for line in log_lines if line.startswith("epoch")] == ["epoch: 1", "epoch: 2"]
     assert "resumed at step: " + str(saved_step) in log_lines[0]
-    latest = checkpoints(output)[-1]
+    latest = latest_checkpoint(output)
     assert read_meta(latest)["epoch"] == 2 and not read_meta(latest).get("brain_intra_epoch_ckpt")
     with open(os.path.join(latest, "counter.ckpt"), encoding="utf-8") as stream:
         assert stream.read().strip() == "2"
@@ -393,7 +399,7 @@ def test_recipe_trains_a_causal_model_that_streams(dns_folder, tmp_path):
     with open(output / "hyperparams.yaml", encoding="utf-8") as stream:
         assert "causal: true" in stream.read()  # the run trained the causal variant
     model = FRCRN(channels=8, fsmn_hidden=8, causal=True)
-    model.load_state_dict(torch.load(os.path.join(checkpoints(output)[-1], "model.ckpt"), weights_only=True))
+    model.load_state_dict(torch.load(os.path.join(latest_checkpoint(output), "model.ckpt"), weights_only=True))
     streamer = FRCRNStreamer(model.eval())
     assert streamer.process(torch.zeros(1600)).shape == (1600,)
     assert_evaluation_written(str(output), "no_reverb")

@@ -176,6 +176,22 @@ def test_gated_attention_by_groups_equals_the_plain_route():
     assert torch.allclose(gated, expected, atol=1e-5)
 
 
+def test_linear_takes_onednn_only_when_no_operand_needs_a_gradient():
+    """oneDNN's linear has no backward: a bias that needs a gradient (the input and weight
+    frozen) keeps ``F.linear``, even for a prepacked module; an unknown activation is refused
+    on every route."""
+    x, weight = torch.randn(5, 8), torch.randn(4, 8)
+    bias = torch.randn(4, requires_grad=True)
+    out = mossformer_module._linear(x, weight, bias, "relu", prepacked=True)
+    out.sum().backward()
+    assert torch.equal(bias.grad, (out > 0).sum(0).float())
+    with torch.no_grad():
+        fast = mossformer_module._linear(x, weight, bias, "swish", prepacked=True)
+    assert torch.allclose(fast, F.silu(F.linear(x, weight, bias)), atol=1e-5)
+    with pytest.raises(ValueError, match="activation"):
+        mossformer_module._linear(x, weight, None, "gelu")
+
+
 def test_prepacked_weights_follow_the_parameters(small_pair, tmp_path):
     """A fused model's oneDNN-layout weight copies give the unpacked products' numbers, are
     redone when the weights change after fusing, and never enter copies or saved models."""

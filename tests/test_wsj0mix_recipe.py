@@ -113,6 +113,12 @@ def read_meta(checkpoint):
         return yaml.safe_load(stream) or {}
 
 
+def latest_checkpoint(output_folder):
+    """The checkpoint saved last, by its recorded save time as SpeechBrain orders them: names
+    are not in save order when several fall in one second (a freed ``+NN`` suffix is reused)."""
+    return max(checkpoints(output_folder), key=lambda c: read_meta(c)["unixtime"])
+
+
 def read_csv(path):
     with open(path, newline="", encoding="utf-8") as stream:
         return list(csv.DictReader(stream))
@@ -183,7 +189,7 @@ def test_recipe_trains_resumes_and_evaluates(wsj0_2mix, tmp_path):
         assert entry["valid"]["si-snr"] == pytest.approx(-entry["valid"]["loss"])
     with open(os.path.join(output, "train_log.txt"), encoding="utf-8") as stream:
         assert [line.split(",")[0] for line in stream if line.startswith("epoch")] == ["epoch: 1", "epoch: 2"]
-    latest = checkpoints(output)[-1]
+    latest = latest_checkpoint(output)
     assert read_meta(latest)["epoch"] == 2
     assert not torch.equal(torch.load(os.path.join(latest, "masknet.ckpt"), weights_only=True)["bottleneck.weight"],
                            first_weights["bottleneck.weight"])  # trained on

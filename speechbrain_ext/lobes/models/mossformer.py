@@ -370,18 +370,18 @@ class ConvFeedForward(nn.Module):
 
     def forward(self, x):
         """Maps [B, L, input_size] to [B, L, output_size]."""
-        weight, bias = _linear_weight(self.linear.weight, x, self.prepacked), self.linear.bias
+        weight, bias, packed = self.linear.weight, self.linear.bias, self.prepacked
         if self.layer_norm is not None:
-            hidden = _linear(self.layer_norm(x), weight, bias, "swish")
+            hidden = _linear(self.layer_norm(x), weight, bias, "swish", packed)
             return self.dropout(self.conv(hidden, residual=True))
         root = math.sqrt(x.shape[-1])
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         scale = self.gain * root / norm.clamp_min(self.eps * root)  # ScaleNorm, per frame
         # A per-frame factor commutes with the linear map: apply it on the narrower side.
         if self.linear.in_features <= self.linear.out_features:
-            hidden = _linear(x * scale, weight, bias, "swish")
+            hidden = _linear(x * scale, weight, bias, "swish", packed)
         else:
-            hidden = _silu(torch.addcmul(bias, _linear(x, weight, None), scale))
+            hidden = _silu(torch.addcmul(bias, _linear(x, weight, None, prepacked=packed), scale))
         return self.dropout(self.conv(hidden, residual=True))
 
 
@@ -436,20 +436,14 @@ def _prepacked(weight):
     return packed
 
 
-def _linear_weight(weight, x, prepacked):
-    """The weight a product of ``x`` with ``weight`` reads: its oneDNN-layout copy
-    (:func:`_prepacked`) where the module is ``prepacked`` and the product goes to oneDNN,
-    else ``weight`` itself."""
-    return _prepacked(weight) if prepacked and _use_onednn(x, weight) else weight
-
-
 #: The activations :func:`_linear` applies, by oneDNN's names.
 _ACTIVATIONS = {"swish": F.silu, "relu": F.relu}
 
 
-def _linear(x, weight, bias, activation="none"):
+def _linear(x, weight, bias, activation="none", prepacked=False):
     """``activation(F.linear(x, weight, bias))``, ``activation`` one of ``"none"``, ``"swish"``
-    (SiLU) and ``"relu"``.
+    (SiLU) and ``"relu"``; with ``prepacked``, oneDNN reads its copy of ``weight`` in its own
+    layout (see :func:`_prepacked`; for modules fused for inference).
 
     Without autograd, float32 CPU inputs go to oneDNN's linear with the activation fused in:
     at MossFormer's sizes its product took 0.65-0.8 of the time of ``addmm`` (MKL) on an AVX2-rate
@@ -458,7 +452,10 @@ def _linear(x, weight, bias, activation="none"):
     own. Its rounding differs from MKL's by a few 1e-7 of the output's scale. Elsewhere the
     activation runs in place when no graph is built (see :func:`_silu`).
     """
-    if _use_onednn(x, weight):
+    if activation != "none" and activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be 'none' or one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+    if _use_onednn(x, weight, *([] if bias is None else [bias])):
+        weight = _prepacked(weight) if prepacked else weight
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
     out = F.linear(x, weight, bias)
     if activation == "none":
@@ -477,9 +474,14 @@ def _cpu_inference(*tensors):
 
 
 def _use_onednn(*tensors):
-    """Whether products of ``tensors`` go to oneDNN: :func:`_cpu_inference` and oneDNN's linear
-    available."""
-    return _cpu_inference(*tensors) and _onednn_linear_available()
+    """Whether products of ``tensors`` go to oneDNN: :func:`_cpu_inference`, oneDNN enabled and
+    its linear available, and no CPU autocast (which asked for another precision)."""
+    return (
+        _cpu_inference(*tensors)
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+        and _onednn_linear_available()
+    )
 
 
 def _batched_product(a, b):

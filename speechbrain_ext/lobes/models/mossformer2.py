@@ -34,7 +34,6 @@ from speechbrain_ext.lobes.models.mossformer import (
     MossFormer,
     MossFormerMaskNet,
     _linear,
-    _linear_weight,
     _TimeMajorDepthwiseConv,
 )
 
@@ -308,7 +307,7 @@ class GatedFSMNBlock(nn.Module):
     def _project(self, layer, x, activation="none"):
         """``activation(layer(x))`` for one of the block's ``nn.Linear`` layers; without autograd
         on CPU through oneDNN's linear (see :func:`~speechbrain_ext.lobes.models.mossformer._linear`)."""
-        return _linear(x, _linear_weight(layer.weight, x, self.prepacked), layer.bias, activation)
+        return _linear(x, layer.weight, layer.bias, activation, self.prepacked)
 
 
 class MossFormer2MaskNet(MossFormerMaskNet):

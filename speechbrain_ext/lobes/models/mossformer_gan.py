@@ -166,7 +166,8 @@ class GridMossFormer(nn.Module):
         def across(t):  # [B * R, N, C] -> [B, N, R, C]: the rows of each position
             return t.view(batch, rows, length, -1).transpose(1, 2)
 
-        if self.training or _builds_graph(hidden, quad_q) or torch.compiler.is_exporting():
+        if (self.training or self.attention_dropout.training or _builds_graph(hidden, quad_q)
+                or torch.compiler.is_exporting() or torch.compiler.is_compiling()):
             weights = F.relu(quad_q @ quad_k.transpose(-1, -2) / length).square()
             out = self.attention_dropout(weights) @ hidden
             cross = F.relu(across(quad_q) @ across(quad_k).transpose(-1, -2) / rows).square()
@@ -175,9 +176,9 @@ class GridMossFormer(nn.Module):
             out = out + lin_q @ (lin_k.transpose(-1, -2) @ hidden / length)
         else:
             # The same sums in eval mode without a graph: the linear attention first, then
-            # each relu² attention added in place, its score maps ([B * R, N, N] and [B, N, R, R],
-            # 166 MB each for 4 s) either one item at a time (long sequences, oneDNN) or written
-            # once and transformed in place.
+            # each relu² attention added in place, its score maps ([B * R, N, N] and [B, N, R, R];
+            # for 4 s the larger is 166 MB) either one item at a time (long sequences, oneDNN) or
+            # written once and transformed in place.
             summary = _batched_product(lin_k.transpose(-1, -2), hidden).div_(length)  # [B * R, Q, E]
             out = _batched_product(lin_q, summary)
             _add_relu2_attention_(out, quad_q, quad_k, hidden, length)
@@ -511,9 +512,9 @@ class MossFormerGANSE(nn.Module):
 
     def fuse_for_inference(self):
         """Inference only: :meth:`forward` runs in :func:`~speechbrain_ext.memory.recycled_memory`
-        (a 4 s input's attention maps are 166 MB each: kept in the process, their pages are reused
-        by the next block instead of faulted in afresh) and the MossFormer units' linear weights
-        are prepacked for oneDNN. Puts the model in eval mode; ``train()`` undoes it. Returns self.
+        (a 4 s input's larger attention maps are 166 MB each: kept in the process, their pages are
+        reused by the next block instead of faulted in afresh) and the weights of every
+        :class:`~speechbrain_ext.lobes.models.mossformer.ConvFeedForward` are prepacked for oneDNN. Puts the model in eval mode; ``train()`` undoes it. Returns self.
 
         Example
         -------
