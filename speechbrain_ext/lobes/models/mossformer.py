@@ -359,8 +359,8 @@ class ConvFeedForward(nn.Module):
         self.linear = nn.Linear(input_size, output_size)
         self.conv = DepthwiseTimeConv(output_size, kernel_size)
         self.dropout = Dropout(dropout)
-        #: Set by :meth:`MossFormerMaskNet.fuse_for_inference`: oneDNN products read a copy of
-        #: the linear weight kept in oneDNN's own layout (see :func:`_prepacked`).
+        #: Set when fused for inference (:func:`prepack_linear_weights`): oneDNN products read a
+        #: copy of the linear weight kept in oneDNN's own layout (see :func:`_prepacked`).
         self.prepacked = False
 
     def train(self, mode=True):
@@ -440,6 +440,16 @@ def _prepacked(weight):
 _ACTIVATIONS = {"swish": F.silu, "relu": F.relu}
 
 
+def prepack_linear_weights(model):
+    """Lets every submodule of ``model`` that reads its linear weights through :func:`_linear`
+    (those with a ``prepacked`` flag: :class:`ConvFeedForward`, MossFormer2's gated FSMN blocks)
+    read oneDNN-layout copies of them (:func:`_prepacked`); for models fused for inference
+    (``train()`` clears the flags)."""
+    for module in model.modules():
+        if hasattr(module, "prepacked"):
+            module.prepacked = True
+
+
 def _linear(x, weight, bias, activation="none", prepacked=False):
     """``activation(F.linear(x, weight, bias))``, ``activation`` one of ``"none"``, ``"swish"``
     (SiLU) and ``"relu"``; with ``prepacked``, oneDNN reads its copy of ``weight`` in its own
@@ -460,7 +470,12 @@ def _linear(x, weight, bias, activation="none", prepacked=False):
     out = F.linear(x, weight, bias)
     if activation == "none":
         return out
-    return _ACTIVATIONS[activation](out, inplace=not (torch.is_grad_enabled() and out.requires_grad))
+    return _ACTIVATIONS[activation](out, inplace=not _builds_graph(out))
+
+
+def _builds_graph(*tensors):
+    """Whether autograd records operations on any of ``tensors`` (then no in-place shortcuts)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _cpu_inference(*tensors):
@@ -468,7 +483,7 @@ def _cpu_inference(*tensors):
     where our inference-only CPU routes apply."""
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not _builds_graph(*tensors)
         and not torch.compiler.is_exporting()
     )
 
@@ -498,7 +513,7 @@ def _silu(x):
     """SiLU, in place when no graph is built. Under autograd, ``silu_`` on a linear layer's
     output (a view of its 2-D product) would clone the input to keep it for the backward, and
     the backward would clone and copy the whole gradient back through the view."""
-    return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+    return F.silu(x, inplace=not _builds_graph(x))
 
 
 def _local_segments(length, group_size):
@@ -906,8 +921,7 @@ def _use_gated_joint_attention(hidden, causal):
     """Whether a block takes :class:`_GatedJointAttention`: CPU training (a graph is being
     built) outside autocast, non-causal, outside export; other routes keep autograd's."""
     return (
-        torch.is_grad_enabled()
-        and hidden.requires_grad
+        _builds_graph(hidden)
         and hidden.device.type == "cpu"
         and not causal
         and not torch.is_autocast_enabled("cpu")
@@ -1038,8 +1052,7 @@ class MossFormerMaskNet(nn.Module):
         self.recycles_memory = True
         for block in self.blocks:
             block.inplace_gating = True
-            for feed_forward in (block.to_hidden, block.to_qk, block.to_out):
-                feed_forward.prepacked = True
+        prepack_linear_weights(self)
         return self
 
     def train(self, mode=True):

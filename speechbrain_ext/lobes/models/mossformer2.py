@@ -286,8 +286,8 @@ class GatedFSMNBlock(nn.Module):
             self.memory = PlainMemory(channels, memory_order)
         self.output_norm = nn.LayerNorm(channels)
         self.output_proj = nn.Linear(channels, d_model)
-        #: Set by :meth:`MossFormer2MaskNet.fuse_for_inference`: oneDNN products read copies of
-        #: the linear weights in oneDNN's layout (see :func:`~speechbrain_ext.lobes.models.mossformer._prepacked`).
+        #: Set when the masknet is fused for inference (:func:`~speechbrain_ext.lobes.models.mossformer.prepack_linear_weights`):
+        #: oneDNN products read copies of the linear weights in oneDNN's layout.
         self.prepacked = False
 
     def train(self, mode=True):
@@ -368,16 +368,6 @@ class MossFormer2MaskNet(MossFormerMaskNet):
             GatedFSMNBlock(out_channels, fsmn_channels, memory_order, memory_depth, attn_dropout, memory)
             for _ in range(num_blocks)
         )
-
-    def fuse_for_inference(self):
-        """As :meth:`MossFormerMaskNet.fuse_for_inference
-        <speechbrain_ext.lobes.models.mossformer.MossFormerMaskNet.fuse_for_inference>`; the
-        recurrent modules' linear weights are prepacked too. Returns self."""
-        super().fuse_for_inference()
-        for recurrence in self.recurrences:
-            recurrence.prepacked = True
-            recurrence.to_memory.prepacked = recurrence.to_gate.prepacked = True
-        return self
 
     def _block_stack(self, h, rotation):
         for block, recurrence in zip(self.blocks, self.recurrences):

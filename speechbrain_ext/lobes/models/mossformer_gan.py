@@ -35,9 +35,11 @@ from speechbrain_ext.lobes.models.mossformer import (
     DepthwiseTimeConv,
     RotaryEmbedding,
     _batched_product,
+    _builds_graph,
     _linear,
     _token_shift,
     _use_onednn,
+    prepack_linear_weights,
 )
 from speechbrain_ext.memory import recycled_memory
 from speechbrain_ext.nnet.dropout import Dropout
@@ -209,20 +211,19 @@ def _add_relu2_attention_(out, q, k, values, scale, exclude_self=False):
         q, k, values = q.contiguous(), k.contiguous(), values.contiguous()  # oneDNN's fast layouts
         product = torch.ops.mkldnn._linear_pointwise
         for item, (q_i, k_i, values_i) in enumerate(zip(q, k, values)):
-            scores = product(q_i, k_i, None, "none", [], "").div_(scale).relu_().square_()
-            if exclude_self:
-                scores.diagonal().zero_()
+            scores = _relu2_scores_(product(q_i, k_i, None, "none", [], ""), scale, exclude_self)
             out[item].add_(product(scores, values_i.t(), None, "none", [], ""))
         return out
-    scores = (q @ k.transpose(-1, -2)).div_(scale).relu_().square_()
+    return out.add_(_relu2_scores_(q @ k.transpose(-1, -2), scale, exclude_self) @ values)
+
+
+def _relu2_scores_(scores, scale, exclude_self):
+    """``relu(scores / scale) ** 2`` in place, [..., N, N]; the diagonal zeroed if
+    ``exclude_self``. Returns ``scores``."""
+    scores.div_(scale).relu_().square_()
     if exclude_self:
         scores.diagonal(dim1=-2, dim2=-1).zero_()
-    return out.add_(scores @ values)
-
-
-def _builds_graph(*tensors):
-    """Whether autograd records operations on ``tensors`` (then no in-place shortcuts)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return scores
 
 
 class ChannelNorm(nn.Module):
@@ -529,9 +530,7 @@ class MossFormerGANSE(nn.Module):
         """
         self.eval()
         self.recycles_memory = True
-        for module in self.modules():
-            if isinstance(module, ConvFeedForward):
-                module.prepacked = True
+        prepack_linear_weights(self)
         return self
 
     def train(self, mode=True):
